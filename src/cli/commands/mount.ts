@@ -1,0 +1,278 @@
+import { spawn, execFile } from 'node:child_process'
+import { accessSync, constants, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Command, Option } from 'commander'
+import { runMountDaemon } from '../../daemon/mount-daemon.js'
+import { clearStaleMount, isMounted } from '../../fuse/filesystem.js'
+import { BlockCache } from '../../cache/block-cache.js'
+import { Prefetcher } from '../../daemon/prefetch.js'
+import { openModel } from '../../index/open-model.js'
+import { formatReference } from '../../registry/reference.js'
+import { CnaifsError, UsageError } from '../../util/errors.js'
+import { createLogger } from '../../util/log.js'
+import { ProgressBar, formatBytes, parseSize } from '../../util/progress.js'
+import { createContext, defaultCacheDir, type RegistryCliOptions } from '../context.js'
+import { table } from '../format.js'
+import { addRegistryOptions, globals } from '../options.js'
+import { ControlClient } from './control-client.js'
+
+interface MountCliOptions extends RegistryCliOptions {
+  foreground?: boolean
+  allowOther?: boolean
+  uid?: string
+  gid?: string
+  cacheMaxSize?: string
+  readTimeout: string
+  memoryBudget: string
+  metricsAddr?: string
+  prefetch: 'none' | 'meta' | 'all'
+  prefetchBandwidth?: string
+  logFile?: string
+  readyTimeout: string
+}
+
+function int(value: string | undefined, name: string): number | undefined {
+  if (value === undefined) return undefined
+  if (!/^\d+$/.test(value)) throw new UsageError(`${name} must be a non-negative integer, got ${JSON.stringify(value)}`)
+  return Number(value)
+}
+
+function size(value: string | undefined, name: string): number | undefined {
+  if (value === undefined) return undefined
+  try {
+    return parseSize(value)
+  } catch (err) {
+    throw new UsageError(`${name}: ${(err as Error).message}`)
+  }
+}
+
+/** Explains what is missing when FUSE cannot work here, before we try and fail obscurely. */
+export function checkFuseAvailable(): void {
+  if (!existsSync('/dev/fuse')) throw new CnaifsError('ENOFUSE', 'FUSE is not available: /dev/fuse does not exist (load the fuse module, or run the container with --device /dev/fuse)')
+  try {
+    accessSync('/dev/fuse', constants.R_OK | constants.W_OK)
+  } catch {
+    throw new CnaifsError('ENOFUSE', 'FUSE is not available to this user: /dev/fuse is not readable and writable (add the user to the fuse group, or run as root)')
+  }
+  if (process.getuid?.() !== 0 && !['/usr/bin/fusermount', '/bin/fusermount'].some((p) => existsSync(p))) {
+    throw new CnaifsError('ENOFUSE', 'fusermount is missing: install the fuse package (apt-get install fuse libfuse2)')
+  }
+}
+
+function prepareMountpoint(mountpoint: string): string {
+  const abs = resolve(mountpoint)
+  try {
+    const st = statSync(abs)
+    if (!st.isDirectory()) throw new UsageError(`mount point ${abs} is not a directory`)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') mkdirSync(abs, { recursive: true })
+    else if (code !== 'ENOTCONN') throw err instanceof CnaifsError ? err : new UsageError(`mount point ${abs}: ${code}`)
+  }
+  return abs
+}
+
+const CLI_ENTRY = fileURLToPath(new URL('../../../bin/cnaifs', import.meta.url))
+
+/** Starts the daemon in the background and waits for its ready line on fd 3. */
+async function mountInBackground(args: string[], logFile: string, password: string | undefined, readyTimeoutMs: number): Promise<{ ready: true; digest: string; index: string } | never> {
+  mkdirSync(join(logFile, '..'), { recursive: true })
+  const logFd = openSync(logFile, 'a')
+  const child = spawn(process.execPath, [CLI_ENTRY, ...args, '--foreground'], {
+    detached: true,
+    stdio: [password !== undefined ? 'pipe' : 'ignore', logFd, logFd, 'pipe'],
+    env: { ...process.env, CNAIFS_READY_FD: '3' },
+  })
+  if (password !== undefined) child.stdin?.end(password + '\n')
+  const pipe = child.stdio[3] as NodeJS.ReadableStream
+  const exited = new Promise<number>((ok) => child.once('exit', (code) => ok(code ?? 1)))
+  const line = await Promise.race([
+    new Promise<string | undefined>((ok) => {
+      let buffered = ''
+      pipe.on('data', (chunk: Buffer) => {
+        buffered += chunk.toString()
+        const nl = buffered.indexOf('\n')
+        if (nl >= 0) ok(buffered.slice(0, nl))
+      })
+      pipe.once('close', () => ok(undefined))
+    }),
+    new Promise<undefined>((ok) => setTimeout(() => ok(undefined), readyTimeoutMs).unref()),
+  ])
+  const message = line ? (JSON.parse(line) as { ready?: boolean; error?: string; digest?: string; index?: string }) : undefined
+  if (message?.ready) {
+    child.unref()
+    ;(pipe as unknown as { destroy(): void }).destroy()
+    return { ready: true, digest: message.digest ?? '', index: message.index ?? '' }
+  }
+  if (!message) child.kill('SIGTERM')
+  const code = await Promise.race([exited, new Promise<number>((ok) => setTimeout(() => ok(1), 3000).unref())])
+  const detail = message?.error ?? lastLogError(logFile) ?? `the daemon exited with code ${code} before the mount was ready (log: ${logFile})`
+  throw new CnaifsError(message?.error ? 'EMOUNT' : 'EMOUNT', detail)
+}
+
+function lastLogError(logFile: string): string | undefined {
+  try {
+    const lines = readFileSync(logFile, 'utf8').trim().split('\n').slice(-20).reverse()
+    for (const l of lines) {
+      try {
+        const rec = JSON.parse(l) as { level?: number; msg?: string; error?: string }
+        if ((rec.level ?? 0) >= 50) return rec.error ?? rec.msg
+      } catch {
+        if (l.startsWith('cnaifs: ')) return l.slice('cnaifs: '.length)
+      }
+    }
+  } catch {
+    // no log: the caller has a generic message
+  }
+  return undefined
+}
+
+function readPasswordStdin(): Promise<string> {
+  return new Promise((ok) => {
+    const chunks: Buffer[] = []
+    process.stdin.on('data', (c: Buffer) => chunks.push(c)).on('end', () => ok(Buffer.concat(chunks).toString().replace(/\r?\n$/, '')))
+  })
+}
+
+export function registerMountCommands(program: Command): void {
+  addRegistryOptions(program.command('mount')
+    .description('mount a model read-only; returns once its files are visible (the daemon keeps running in the background)')
+    .argument('<ref>', 'image reference: host[:port]/repo[:tag][@sha256:…]')
+    .argument('<mountpoint>', 'directory to mount on (created if missing)')
+    .option('-f, --foreground', 'stay attached; logs go to stderr (systemd uses this)')
+    .option('--allow-other', 'let other users (pods reading through hostPath) see the mount; needs user_allow_other in /etc/fuse.conf unless root')
+    .option('--uid <uid>', 'show every file as owned by this uid')
+    .option('--gid <gid>', 'show every file as owned by this gid')
+    .option('--cache-max-size <size>', 'bound the disk block cache, e.g. 50G (least recently used blobs are evicted)')
+    .option('--read-timeout <seconds>', 'a read the registry cannot serve fails with EIO after this long', '30')
+    .option('--memory-budget <size>', 'memory for cached blocks and prefetch, shared by all open files', '512M')
+    .option('--metrics-addr <[host:]port>', 'serve Prometheus metrics on this address (/metrics)')
+    .addOption(new Option('--prefetch <mode>', 'prefetch after mounting: none, meta (configs and docs), all (then every weight file)').choices(['none', 'meta', 'all']).default('none'))
+    .option('--prefetch-bandwidth <size>', 'cap prefetch at this many bytes per second, e.g. 200M')
+    .option('--log-file <path>', 'log file of the background daemon (default: <cache-dir>/logs/<mount>.log)')
+    .option('--ready-timeout <seconds>', 'how long to wait for the daemon to be ready', '300'))
+    .action(async (reference: string, mountpoint: string, opts: MountCliOptions, cmd: Command) => {
+      const g = globals(cmd)
+      checkFuseAvailable()
+      const abs = prepareMountpoint(mountpoint)
+      const readTimeoutSec = Number(opts.readTimeout)
+      if (!(readTimeoutSec > 0)) throw new UsageError('--read-timeout must be a positive number of seconds')
+      const daemonOptions = {
+        mountpoint: abs,
+        cacheMaxBytes: size(opts.cacheMaxSize, '--cache-max-size'),
+        memoryBudgetBytes: size(opts.memoryBudget, '--memory-budget') ?? 512 * 1024 * 1024,
+        readTimeoutMs: readTimeoutSec * 1000,
+        allowOther: Boolean(opts.allowOther),
+        uid: int(opts.uid, '--uid'),
+        gid: int(opts.gid, '--gid'),
+        metricsAddr: opts.metricsAddr,
+        prefetch: opts.prefetch,
+        prefetchBandwidth: size(opts.prefetchBandwidth, '--prefetch-bandwidth'),
+      }
+      if (!opts.foreground) {
+        const cacheDir = g.cacheDir ?? defaultCacheDir()
+        const logFile = opts.logFile ?? join(cacheDir, 'logs', `mount-${abs.replace(/[^a-zA-Z0-9]+/g, '_').replace(/^_/, '')}.log`)
+        const password = opts.passwordStdin ? await readPasswordStdin() : undefined
+        const args = process.argv.slice(2).filter((a) => a !== '--foreground' && a !== '-f')
+        const started = Date.now()
+        const result = await mountInBackground(args, logFile, password, Number(opts.readyTimeout) * 1000)
+        process.stdout.write(`mounted ${reference} (${result.digest}) at ${abs} in ${((Date.now() - started) / 1000).toFixed(2)}s; log: ${logFile}\n`)
+        return
+      }
+      const log = createLogger(g.logLevel === 'warn' ? 'info' : g.logLevel)
+      const ctx = await createContext(reference, g, opts, undefined, log)
+      await runMountDaemon({ ref: ctx.ref, cacheDir: ctx.cacheDir, ...daemonOptions }, { client: ctx.client, store: ctx.store, log })
+    })
+
+  program.command('unmount')
+    .alias('umount')
+    .description('unmount a cnaifs mount (asks its daemon to stop; clears a stale mount left by a killed daemon)')
+    .argument('<mountpoint>', 'the mount point')
+    .option('-z, --lazy', 'detach even if files are open (fusermount -uz)')
+    .action(async (mountpoint: string, opts: { lazy?: boolean }, cmd: Command) => {
+      const abs = resolve(mountpoint)
+      const cacheDir = globals(cmd).cacheDir ?? defaultCacheDir()
+      const control = ControlClient.forMount(cacheDir, abs)
+      let pid: number | undefined
+      if (control) {
+        pid = await control.status().then((s) => s.pid, () => undefined)
+        await control.close()
+      }
+      if (pid) {
+        if (opts.lazy) await fusermount(abs, true)
+        process.kill(pid, 'SIGTERM')
+        for (let i = 0; i < 100 && (await isMounted(abs)); i++) await new Promise((r) => setTimeout(r, 100))
+        if (await isMounted(abs)) throw new CnaifsError('EBUSY', `${abs} is still mounted (files open? use --lazy)`)
+      } else if (await clearStaleMount(abs)) {
+        process.stderr.write(`cleared a stale mount at ${abs}\n`)
+      } else if (await isMounted(abs)) {
+        await fusermount(abs, Boolean(opts.lazy))
+      } else {
+        throw new UsageError(`${abs} is not mounted`)
+      }
+      process.stdout.write(`unmounted ${abs}\n`)
+    })
+
+  program.command('status')
+    .description('show a mount\'s files with how much of each is cached, and its daemon\'s counters')
+    .argument('<mountpoint>', 'the mount point')
+    .option('--json', 'print JSON')
+    .action(async (mountpoint: string, opts: { json?: boolean }, cmd: Command) => {
+      const abs = resolve(mountpoint)
+      const cacheDir = globals(cmd).cacheDir ?? defaultCacheDir()
+      const control = ControlClient.forMount(cacheDir, abs)
+      if (!control) throw new UsageError(`${abs}: no cnaifs daemon serves this mount point (with --cache-dir ${cacheDir})`)
+      const s = await control.status().finally(() => control.close())
+      if (opts.json) { process.stdout.write(JSON.stringify(s, null, 2) + '\n'); return }
+      const cachedTotal = s.files.reduce((n, f) => n + f.cached, 0)
+      const sizeTotal = s.files.reduce((n, f) => n + f.size, 0)
+      const out = [
+        `Mount:      ${s.mountpoint}`, `Reference:  ${s.reference}`, `Digest:     ${s.digest}`, `Daemon pid: ${s.pid}`,
+        `Cached:     ${formatBytes(cachedTotal)} of ${formatBytes(sizeTotal)} (${sizeTotal ? ((cachedTotal / sizeTotal) * 100).toFixed(1) : '100.0'}%)`,
+        `Disk cache: ${formatBytes(s.cacheDiskBytes)}`, '',
+        table([['FILE', 'SIZE', 'CACHED', '%'], ...s.files.map((f) => [f.path, String(f.size), String(f.cached), f.size ? ((f.cached / f.size) * 100).toFixed(1) : '100.0'])]),
+        '', 'Counters:', ...Object.entries(s.metrics).map(([k, v]) => `  ${k} ${v}`),
+      ]
+      process.stdout.write(out.join('\n') + '\n')
+    })
+
+  addRegistryOptions(program.command('prefetch')
+    .description('fill the cache with a model\'s files (all, or the paths given), verifying each finished blob')
+    .argument('<ref-or-mountpoint>', 'image reference, or the mount point of a running mount')
+    .argument('[paths...]', 'files or directories inside the model (default: everything)')
+    .option('--no-progress', 'no progress bar'))
+    .action(async (target: string, paths: string[], opts: RegistryCliOptions & { progress?: boolean }, cmd: Command) => {
+      const g = globals(cmd)
+      const cacheDir = g.cacheDir ?? defaultCacheDir()
+      const bar = new ProgressBar(`prefetching ${target}`, process.stderr, opts.progress !== false)
+      const control = existsSync(target) && statSync(target).isDirectory() ? ControlClient.forMount(cacheDir, resolve(target)) : undefined
+      if (control) {
+        await control.prefetch(paths, (d, t) => bar.update(d, t)).finally(() => control.close())
+        process.stdout.write(`prefetched ${paths.length ? paths.join(' ') : 'every file'} into the cache of ${resolve(target)}\n`)
+        return
+      }
+      const ctx = await createContext(target, g, opts)
+      const model = await openModel(ctx.client, ctx.ref, { store: ctx.store, log: ctx.log })
+      const cache = new BlockCache({ dir: join(ctx.cacheDir, 'blocks'), log: ctx.log })
+      await cache.init()
+      try {
+        const prefetcher = new Prefetcher({ model, cache, fetch: (blob, o, l, signal) => ctx.client.readBlobRange(ctx.ref, blob.digest, o, l, { signal }), log: ctx.log })
+        await prefetcher.fill(paths.length ? prefetcher.rangesForPaths(paths) : prefetcher.rangesFor('all'), (d, t) => bar.update(d, t))
+      } finally {
+        await cache.close()
+        await ctx.client.close()
+      }
+      process.stdout.write(`prefetched ${formatReference(ctx.ref)} into ${ctx.cacheDir}\n`)
+    })
+}
+
+function fusermount(mountpoint: string, lazy: boolean): Promise<void> {
+  return new Promise((ok, fail) => {
+    execFile('fusermount', [lazy ? '-uz' : '-u', mountpoint], (err, _out, stderr) => {
+      if (err) fail(new CnaifsError('EBUSY', `fusermount -u ${mountpoint}: ${stderr.trim() || err.message}`))
+      else ok()
+    })
+  })
+}
+

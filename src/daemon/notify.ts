@@ -1,0 +1,56 @@
+import { execFile } from 'node:child_process'
+import { createWriteStream } from 'node:fs'
+
+/**
+ * Readiness and status reporting of the daemon, to whoever started it:
+ * - `cnaifs mount` (without --foreground) passes a pipe as fd 3 (CNAIFS_READY_FD) and waits for one JSON line;
+ * - systemd (Type=notify) passes NOTIFY_SOCKET. Node has no unix datagram sockets, so messages go through
+ *   `systemd-notify`, which needs NotifyAccess=all in the unit (it sends from its own pid).
+ */
+export class DaemonNotifier {
+  private readonly readyFd?: number
+  private pipe?: NodeJS.WritableStream
+  private notifyChain: Promise<void> = Promise.resolve()
+
+  constructor(env: NodeJS.ProcessEnv = process.env) {
+    const fd = env.CNAIFS_READY_FD ? Number(env.CNAIFS_READY_FD) : undefined
+    this.readyFd = fd !== undefined && Number.isInteger(fd) ? fd : undefined
+  }
+
+  private sendPipe(message: object): void {
+    if (this.readyFd === undefined) return
+    try {
+      this.pipe ??= createWriteStream('', { fd: this.readyFd })
+      this.pipe.write(JSON.stringify(message) + '\n')
+    } catch {
+      // the parent went away: nothing to tell
+    }
+  }
+
+  private sd(...assignments: string[]): Promise<void> {
+    if (!process.env.NOTIFY_SOCKET) return Promise.resolve()
+    // Sequenced so STATUS lines arrive in order; failures are not fatal (systemd may be absent).
+    this.notifyChain = this.notifyChain.then(() => new Promise<void>((resolve) => {
+      execFile('systemd-notify', [`--pid=${process.pid}`, ...assignments], () => resolve())
+    }))
+    return this.notifyChain
+  }
+
+  status(text: string): Promise<void> {
+    return this.sd(`STATUS=${text}`)
+  }
+
+  async ready(info: object): Promise<void> {
+    this.sendPipe({ ready: true, ...info })
+    this.pipe?.end()
+    await this.sd('--ready', 'STATUS=mounted')
+  }
+
+  failed(message: string): void {
+    this.sendPipe({ error: message })
+  }
+
+  stopping(): Promise<void> {
+    return this.sd('STOPPING=1', 'STATUS=unmounting')
+  }
+}
