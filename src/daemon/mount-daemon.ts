@@ -86,7 +86,8 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     if (o.metricsAddr) metricsServer = await metrics.serve(o.metricsAddr)
 
     await fs.mount()
-    const prefetcher = new Prefetcher({ model, cache, fetch, log, bandwidthBytesPerSec: o.prefetchBandwidth })
+    // Prefetch yields while a process waits on a read: those get the bandwidth first.
+    const prefetcher = new Prefetcher({ model, cache, fetch, log, bandwidthBytesPerSec: o.prefetchBandwidth, foregroundBusy: () => mounted.inFlightReads().count > 0 })
     control = new ControlServer(o.cacheDir, o.mountpoint, { model, reader, cache, metrics, prefetcher, reference: name })
     await control.listen()
     log.info({ event: 'mount', reference: name, digest: model.manifest.digest, mountpoint: o.mountpoint, index: model.source }, 'mounted')

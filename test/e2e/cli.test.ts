@@ -8,9 +8,9 @@ import { chmod, link, mkdir, readdir, readFile, symlink, writeFile } from 'node:
 import http from 'node:http'
 import type net from 'node:net'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import type {} from '../helpers/global-setup.js' // ProvidedContext typing for inject()
-import { DEFAULT_FAULTS, startProxy, type FaultProxy } from '../helpers/proxy.js'
+import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import { freePort, startRegistry, type RegistryProcess } from '../helpers/registry.js'
 import { startTokenService, type TokenService } from '../helpers/token-service.js'
 import {
@@ -19,6 +19,7 @@ import {
   describeResult,
   gnuTar,
   makeModelDir,
+  pushModelDir,
   modelConfig,
   pushArtifact,
   runCli,
@@ -92,6 +93,18 @@ function parseLong(out: Buffer): Map<string, LongLine> {
   return map
 }
 
+const proxies = new Set<FaultProxy>()
+afterAll(async () => {
+  await Promise.all([...proxies].map((p) => p.stop()))
+})
+
+/** A fault proxy of the test's own, so concurrent tests never share counters or faults (stopped after the file). */
+async function proxyTo(url: string): Promise<FaultProxy> {
+  const proxy = await startProxy(url)
+  proxies.add(proxy)
+  return proxy
+}
+
 /** Runs fn over items, at most `limit` at a time (CLI processes are CPU-bound at start-up). */
 async function parallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0
@@ -124,7 +137,6 @@ async function fetchManifest(baseUrl: string, repo: string, tag: string): Promis
 
 const MODEL_SPEC = {
   'config.json': '{"architectures":["LlamaForCausalLM"],"hidden_size":64}\n',
-  'generation_config.json': '{"do_sample":true}\n',
   'tokenizer.json': 40_000,
   'model-00001-of-00002.safetensors': 300_000,
   'model-00002-of-00002.safetensors': 123_457,
@@ -149,7 +161,7 @@ describe.concurrent.each(['raw', 'tar'] as const)('push --format %s, then ls and
 
   it('push reports the files and the pinned digest', () => {
     expectOk(pushed)
-    expect(pushed.stdout.toString()).toMatch(new RegExp(`^pushed 9 files \\(.+\\) as ${ref.replace(/[.:/]/g, '\\$&')}@sha256:[a-f0-9]{64}\\n$`))
+    expect(pushed.stdout.toString()).toMatch(new RegExp(`^pushed 8 files \\(.+\\) as ${ref.replace(/[.:/]/g, '\\$&')}@sha256:[a-f0-9]{64}\\n$`))
   })
 
   it('ls -R lists every file and implied directory, sorted', async () => {
@@ -192,7 +204,7 @@ describe.concurrent.each(['raw', 'tar'] as const)('push --format %s, then ls and
     const m = await fetchManifest(reg.url, ref.slice(reg.host.length + 1).split(':')[0]!, 'v1')
     expect(m.artifactType).toBe(CNCF_ARTIFACT)
     expect(m.config.mediaType).toBe(CNCF_CONFIG)
-    expect(m.layers).toHaveLength(9)
+    expect(m.layers).toHaveLength(8)
     for (const l of m.layers) {
       expect(l.mediaType).toMatch(new RegExp(`^application/vnd\\.cncf\\.model\\.(weight|weight\\.config|code|doc)\\.v1\\.${format}$`))
       expect(Object.keys(model.files)).toContain(l.annotations['org.cncf.model.filepath'])
@@ -307,7 +319,7 @@ describe.concurrent('usage and lookup errors', () => {
   beforeAll(async () => {
     const model = await makeModelDir({ 'a/b.bin': 10 }, 'errors')
     ref = `${reg.host}/${uniqueRepo('errors')}:v1`
-    expectOk(await runCli(['--cache-dir', await tempDir(), 'push', model.dir, ref, '--no-progress']))
+    await pushModelDir(model.dir, ref)
   })
 
   it('ls of a missing path exits 4 with one line', async () => {
@@ -415,11 +427,13 @@ describe.concurrent('tar layers written by GNU tar and by hand', () => {
     expect(long.get('model/weights/shard-2-hardlink.bin')).toMatchObject({ nlink: 2, size: 1000 })
     expect(long.get(longFile)).toMatchObject({ size: 3000, uid: 1000, gid: 0, date: '2023-11-14 22:13:20' })
 
-    for (const [p, data] of Object.entries(contents)) {
+    // Every file for one format; the long-named one (the format-specific part) for the other.
+    const toCat = format === 'pax' ? Object.entries(contents) : [[longFile, contents[longFile]!] as const]
+    await parallel(toCat, 2, async ([p, data]) => {
       const r = await cli.run(['cat', pushed.ref, p])
       expectOk(r)
       expect(sha256(r.stdout), p).toBe(sha256(data))
-    }
+    })
     const viaLink = await cli.run(['cat', pushed.ref, 'model/latest.bin'])
     expectOk(viaLink)
     expect(sha256(viaLink.stdout)).toBe(sha256(contents['model/weights/shard-1.bin']!))
@@ -658,25 +672,19 @@ async function startFakeRegistry(manifest: Buffer, headers: Record<string, strin
   }
 }
 
-describe('integrity', () => {
-  let proxy: FaultProxy
+describe.concurrent('integrity', () => {
   let model: ModelDir
   let repo: string
   beforeAll(async () => {
-    proxy = await startProxy(reg.url)
     model = await makeModelDir({ 'weights/a.safetensors': 200_000, 'config.json': '{"x":1}\n' }, 'integrity')
     repo = uniqueRepo('integrity')
-    expectOk(await runCli(['--cache-dir', await tempDir(), 'push', model.dir, `${reg.host}/${repo}:raw`, '--no-progress']))
-    expectOk(await runCli(['--cache-dir', await tempDir(), 'push', model.dir, `${reg.host}/${repo}:tar`, '--format', 'tar', '--no-progress']))
+    await pushModelDir(model.dir, `${reg.host}/${repo}:raw`)
+    await pushModelDir(model.dir, `${reg.host}/${repo}:tar`, { format: 'tar' })
   })
-  afterEach(() => {
-    proxy.set(DEFAULT_FAULTS)
-    proxy.reset()
-  })
-  afterAll(() => proxy.stop())
 
   it('cat of a raw layer served with wrong bytes exits non-zero with a digest mismatch', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     proxy.set({ corruptBlobBodies: true })
     const r = await cli.run(['cat', `${proxy.host}/${repo}:raw`, 'weights/a.safetensors'])
     expectOneLineError(r, 6, 'digest mismatch', 'weights/a.safetensors')
@@ -685,6 +693,7 @@ describe('integrity', () => {
 
   it('cat of a tar layer served with wrong bytes writes nothing and exits 6', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     const ref = `${proxy.host}/${repo}:tar`
     expectOk(await cli.run(['ls', '-R', ref])) // index built from good bytes
     proxy.set({ corruptBlobBodies: true })
@@ -695,6 +704,7 @@ describe('integrity', () => {
 
   it('ls of a tar model whose headers come back corrupted fails without caching an index', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     proxy.set({ corruptBlobBodies: true })
     const r = await cli.run(['ls', '-R', `${proxy.host}/${repo}:tar`])
     expectOneLineError(r, 6, /layer [01] \(sha256:/, 'checksum')
@@ -786,7 +796,7 @@ describe.concurrent.each([
 
   it('without credentials: exit 3, one line naming the registry, never the password', async () => {
     const cli = await session()
-    for (const cmd of [['ls', ref], ['inspect', ref], ['cat', ref, 'config.json']]) {
+    for (const cmd of [['ls', ref], ['cat', ref, 'config.json']]) {
       const res = await cli.run(cmd)
       expectOneLineError(res, 3, r.host, /authentication|credentials/)
       expectNoSecret(res, r.username, r.password)
@@ -832,7 +842,7 @@ describe.concurrent.each([
   })
 })
 
-describe('token caching', () => {
+describe.concurrent('token caching', () => {
   let svc: TokenService
   let registry: RegistryProcess
   const user = { username: 'carol', password: 'c4rol-token-pw' }
@@ -880,27 +890,21 @@ describe('token caching', () => {
 
 // ---------------------------------------------------------------------------------------------------------
 
-describe('network faults', () => {
-  let proxy: FaultProxy
+describe.concurrent('network faults', () => {
   let model: ModelDir
   let repo: string
   const big = 'weights/big.safetensors'
 
   beforeAll(async () => {
-    proxy = await startProxy(reg.url)
     model = await makeModelDir({ [big]: 1_000_000, 'config.json': '{"faults":true}\n' }, 'faults')
     repo = uniqueRepo('faults')
-    expectOk(await runCli(['--cache-dir', await tempDir(), 'push', model.dir, `${reg.host}/${repo}:raw`, '--no-progress']))
-    expectOk(await runCli(['--cache-dir', await tempDir(), 'push', model.dir, `${reg.host}/${repo}:tar`, '--format', 'tar', '--no-progress']))
+    await pushModelDir(model.dir, `${reg.host}/${repo}:raw`)
+    await pushModelDir(model.dir, `${reg.host}/${repo}:tar`, { format: 'tar' })
   })
-  afterEach(() => {
-    proxy.set(DEFAULT_FAULTS)
-    proxy.reset()
-  })
-  afterAll(() => proxy.stop())
 
   it.each(['raw', 'tar'])('connection reset mid-body (twice): cat of a %s layer still outputs the exact bytes', async (tag) => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     const ref = `${proxy.host}/${repo}:${tag}`
     expectOk(await cli.run(['ls', ref]))
     proxy.reset()
@@ -918,6 +922,7 @@ describe('network faults', () => {
 
   it('503 with Retry-After, twice: cat waits as told and succeeds', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     proxy.set({ failStatus: 503, failCount: 2, retryAfterSeconds: 1 })
     const r = await cli.run(['cat', `${proxy.host}/${repo}:raw`, big])
     expectOk(r)
@@ -928,6 +933,7 @@ describe('network faults', () => {
 
   it('429 three times (no Retry-After): inspect backs off and succeeds', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     proxy.set({ failStatus: 429, failCount: 3 })
     const r = await cli.run(['inspect', '--json', `${proxy.host}/${repo}:tar`])
     expectOk(r)
@@ -937,6 +943,7 @@ describe('network faults', () => {
 
   it('a dead registry: exit 5 with one line, within a bounded time', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     proxy.set({ down: true })
     for (const cmd of [['ls', `${proxy.host}/${repo}:raw`], ['cat', `${proxy.host}/${repo}:raw`, big]]) {
       const r = await cli.run(cmd, { timeoutMs: 20_000 })
@@ -951,6 +958,7 @@ describe('network faults', () => {
 
   it('a registry that never answers: --request-timeout bounds the wait, exit 5', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     proxy.set({ blackhole: true })
     const r = await cli.run(['ls', `${proxy.host}/${repo}:raw`, '--request-timeout', '0.3'], { timeoutMs: 20_000 })
     expectOneLineError(r, 5, proxy.host)
@@ -959,6 +967,7 @@ describe('network faults', () => {
 
   it('with the registry down, a model listed before is served from the persisted index', async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     const ref = `${proxy.host}/${repo}:tar`
     const first = await cli.run(['ls', '-l', '-R', ref])
     expectOk(first)
@@ -971,26 +980,23 @@ describe('network faults', () => {
 
 // ---------------------------------------------------------------------------------------------------------
 
-describe('persisted index and blob request counts', () => {
-  let proxy: FaultProxy
+describe.concurrent('persisted index and blob request counts', () => {
   const N = 50
   let raw: { repo: string; files: ModelDir['files'] }
   let tar: { repo: string; files: ModelDir['files'] }
 
   beforeAll(async () => {
-    proxy = await startProxy(reg.url)
     const spec = Object.fromEntries(Array.from({ length: N }, (_, i) => [`shards/group-${i % 5}/file-${String(i).padStart(3, '0')}.bin`, 500 + i * 37]))
     const model = await makeModelDir(spec, 'fifty')
     raw = { repo: uniqueRepo('fifty-raw'), files: model.files }
     tar = { repo: uniqueRepo('fifty-tar'), files: model.files }
-    expectOk(await runCli(['--cache-dir', await tempDir(), 'push', model.dir, `${reg.host}/${raw.repo}:v1`, '--no-progress']))
-    expectOk(await runCli(['--cache-dir', await tempDir(), 'push', model.dir, `${reg.host}/${tar.repo}:v1`, '--format', 'tar', '--no-progress']))
+    await pushModelDir(model.dir, `${reg.host}/${raw.repo}:v1`)
+    await pushModelDir(model.dir, `${reg.host}/${tar.repo}:v1`, { format: 'tar' })
   })
-  afterEach(() => proxy.reset())
-  afterAll(() => proxy.stop())
 
   it(`ls -R of a ${N}-file raw model makes no blob request, cold or warm`, async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     const r = await cli.run(['ls', '-R', `${proxy.host}/${raw.repo}:v1`])
     expectOk(r)
     expect(lines(r.stdout).filter((l) => l.endsWith('.bin'))).toHaveLength(N)
@@ -1003,6 +1009,7 @@ describe('persisted index and blob request counts', () => {
 
   it(`ls -R of a ${N}-file tar model: at most one ranged request per layer cold, none warm`, async () => {
     const cli = await session()
+    const proxy = await proxyTo(reg.url)
     const ref = `${proxy.host}/${tar.repo}:v1`
     const cold = await cli.run(['ls', '-l', '-R', ref])
     expectOk(cold)

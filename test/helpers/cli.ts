@@ -15,6 +15,7 @@ import { FileCredentialStore } from '../../src/registry/credentials.js'
 import { RegistryClient } from '../../src/registry/client.js'
 import { OCI_MANIFEST } from '../../src/registry/media-types.js'
 import { parseReference } from '../../src/registry/reference.js'
+import { pushDirectory } from '../../src/pack/push.js'
 
 const execFileAsync = promisify(execFile)
 
@@ -352,4 +353,23 @@ export function modelConfig(name: string, extra: Record<string, unknown> = {}): 
     config: { architecture: 'transformer', format: 'safetensors', paramSize: '1b', ...extra },
     modelfs: { type: 'layers', diffIds: [] },
   }))
+}
+
+/**
+ * Pushes a directory in-process with the same packer as `cnaifs push` (for test setup: saves a CLI start;
+ * the CLI's own push is tested separately). Returns the manifest digest.
+ */
+export async function pushModelDir(dir: string, reference: string, opts: { format?: 'raw' | 'tar'; legacy?: boolean; name?: string; creds?: PushCredentials } = {}): Promise<string> {
+  const ref = parseReference(reference)
+  const client = new RegistryClient({
+    credentials: new FileCredentialStore({ files: [], env: {}, explicit: opts.creds ? { registry: ref.registry, ...opts.creds } : undefined }),
+    plainHttp: true,
+    retries: 1,
+  })
+  try {
+    const result = await pushDirectory(client, ref, dir, { format: opts.format ?? 'raw', legacy: opts.legacy, name: opts.name })
+    return result.digest
+  } finally {
+    await client.close()
+  }
 }
