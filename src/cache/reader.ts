@@ -7,14 +7,21 @@
  *   start), so `cat` and loaders prefetch from their first read. Any other read resets the window, and a
  *   random read fetches only the blocks it covers.
  * - The read-ahead window starts at initialWindowBytes and doubles with each sequential read up to
- *   maxWindowBytes. Each sequential read asks for [read end, read end + window); blocks already present or
- *   in flight are skipped by the cache, so a steady scan only fetches the window's new tail.
+ *   maxWindowBytes, but never exceeds RUN_LOOKAHEAD_FACTOR times the bytes read by the current sequential run
+ *   (and never drops below initialWindowBytes for that). FUSE hands us 128 KiB reads: without that bound a
+ *   1 MiB pread in the middle of a file (8 reads) doubled the window 7 times and fetched ~64 MiB ahead.
+ *   Each sequential read asks for [read end, read end + window); blocks already present or in flight are
+ *   skipped by the cache, so a steady scan only fetches the window's new tail.
  * - Prefetch runs under its own deadline (readTimeoutMs): a read that later needs a block joins the fetch
  *   and keeps it alive with its own deadline. Prefetch failures are logged at debug: the read that needs the
  *   block will fetch it again and report the error itself.
  * - memoryBudgetBytes bounds the bytes of all prefetch fetches in flight across handles. A prefetch is cut
  *   to what fits (whole blocks, in order) or skipped; reads a process waits for never consult the budget.
  * - Returned buffers are fresh copies, so a caller can never modify the cached blocks.
+ * - A failed read is replayed, at once, to a read of the same handle that overlaps it within
+ *   FAILED_READ_REPLAY_MS (unless the bytes have arrived meanwhile). The kernel's page cache retries a
+ *   failed readahead with a synchronous read of the same page straight away; without the replay every
+ *   read the registry cannot serve would wait for readTimeoutMs twice before the program sees EIO.
  */
 import { CnaifsError, errorMessage } from '../util/errors.js'
 import { silentLogger, type Logger } from '../util/log.js'
@@ -25,6 +32,13 @@ export const DEFAULT_READ_TIMEOUT_MS = 30_000
 export const DEFAULT_PREFETCH_BUDGET_BYTES = 256 * 1024 * 1024
 export const DEFAULT_MAX_WINDOW_BYTES = 64 * 1024 * 1024
 export const DEFAULT_INITIAL_WINDOW_BYTES = 1024 * 1024
+/** How long a failed read of a handle is answered with the same error for overlapping reads of that handle. */
+export const FAILED_READ_REPLAY_MS = 1000
+/** The read-ahead window is at most this many times the bytes the current sequential run has read. */
+export const RUN_LOOKAHEAD_FACTOR = 4
+const MAX_REMEMBERED_FAILURES = 16
+
+interface FailedRead { at: number; start: number; end: number; error: unknown }
 
 export interface CachedFileReaderOptions {
   cache: BlockCache
@@ -41,7 +55,11 @@ class FileHandle implements ReadHandle {
   /** File offset where the previous read ended; undefined before the first read. */
   nextOffset: number | undefined
   window = 0
+  /** Bytes read by the current sequential run (since the last non-sequential read). */
+  runBytes = 0
   released = false
+  /** Recent failed reads (file offsets), newest last; see FAILED_READ_REPLAY_MS. */
+  failures: FailedRead[] = []
   constructor(readonly extent: FileExtent) {}
 }
 
@@ -80,6 +98,8 @@ export class CachedFileReader implements FileContentReader {
     const { blob } = h.extent
     const start = h.extent.offset + offset
     const stop = h.extent.offset + end
+    const replay = this.recentFailure(h, offset, end)
+    if (replay && this.cache.cachedBytes(blob, start, stop) < stop - start) throw replay.error
     const B = this.cache.blockSize
     const first = Math.floor(start / B)
     const blocks = this.cache.getBlocks(blob, first, Math.floor((stop - 1) / B), this.fetch, AbortSignal.timeout(this.readTimeoutMs))
@@ -89,7 +109,21 @@ export class CachedFileReader implements FileContentReader {
     } catch (err) {
       this.log.debug({ digest: blob.digest, error: errorMessage(err) }, 'prefetch not started') // never fails the read
     }
-    return copyRange(await blocks, first * B, start, stop)
+    try {
+      return copyRange(await blocks, first * B, start, stop)
+    } catch (err) {
+      h.failures.push({ at: performance.now(), start: offset, end, error: err })
+      if (h.failures.length > MAX_REMEMBERED_FAILURES) h.failures.shift()
+      throw err
+    }
+  }
+
+  /** A failure of this handle within FAILED_READ_REPLAY_MS whose range overlaps [offset, end); forgets older ones. */
+  private recentFailure(h: FileHandle, offset: number, end: number): FailedRead | undefined {
+    if (!h.failures.length) return undefined
+    const now = performance.now()
+    h.failures = h.failures.filter((f) => now - f.at < FAILED_READ_REPLAY_MS)
+    return h.failures.find((f) => f.start < end && offset < f.end)
   }
 
   release(handle: ReadHandle): void {
@@ -122,9 +156,12 @@ export class CachedFileReader implements FileContentReader {
     h.nextOffset = end
     if (!sequential) {
       h.window = 0
+      h.runBytes = end - offset
       return
     }
-    h.window = h.window ? Math.min(h.window * 2, this.maxWindowBytes) : this.initialWindowBytes
+    h.runBytes += end - offset
+    const grown = h.window ? Math.min(h.window * 2, this.maxWindowBytes) : this.initialWindowBytes
+    h.window = Math.min(grown, Math.max(this.initialWindowBytes, RUN_LOOKAHEAD_FACTOR * h.runBytes))
     this.prefetch(h.extent, end, Math.min(end + h.window, h.extent.size))
   }
 

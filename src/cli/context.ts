@@ -4,6 +4,7 @@ import { FileCredentialStore } from '../registry/credentials.js'
 import { RegistryClient, type RegistryObserver } from '../registry/client.js'
 import { parseReference, type ImageReference } from '../registry/reference.js'
 import { IndexStore } from '../index/store.js'
+import { CompressedLayers } from '../compressed/layers.js'
 import { UsageError } from '../util/errors.js'
 import { createLogger, type Logger } from '../util/log.js'
 
@@ -34,6 +35,8 @@ export interface CommandContext {
   store: IndexStore
   client: RegistryClient
   ref: ImageReference
+  /** Indexes and reads tar+gzip / tar+zstd layers (pass `compressed.indexLayer` to openModel). */
+  compressed: CompressedLayers
 }
 
 async function readStdin(): Promise<string> {
@@ -66,5 +69,6 @@ export async function createContext(reference: string, global: GlobalCliOptions,
     observer,
   })
   const cacheDir = global.cacheDir ?? defaultCacheDir()
-  return { log: logger, cacheDir, store: new IndexStore(cacheDir), client, ref }
+  const compressed = new CompressedLayers({ cacheDir, read: (digest, offset, length, signal) => client.readBlobRange(ref, digest, offset, length, { signal }), log: logger })
+  return { log: logger, cacheDir, store: new IndexStore(cacheDir), client, ref, compressed }
 }

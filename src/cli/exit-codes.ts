@@ -18,7 +18,7 @@ export function exitCodeFor(err: unknown): number {
     case 'EAUTH': return EXIT.auth
     case 'ENOTFOUND': return EXIT.notFound
     case 'EUNREACHABLE': case 'ETIMEDOUT': return EXIT.unreachable
-    case 'EFORMAT': case 'EDIGEST': case 'ECORRUPT': case 'EUNSUPPORTED': return EXIT.badData
+    case 'EFORMAT': case 'EDIGEST': case 'ECORRUPT': case 'EUNSUPPORTED': case 'EDECOMPRESS': return EXIT.badData
     default: return EXIT.failure
   }
 }

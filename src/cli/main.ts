@@ -8,6 +8,7 @@ import { catCommand } from './commands/cat.js'
 import { inspectCommand } from './commands/inspect.js'
 import { lsCommand } from './commands/ls.js'
 import { pushCommand } from './commands/push.js'
+import { PACK_FORMATS } from '../pack/push.js'
 import { registerMountCommands } from './commands/mount.js'
 import { registerCacheCommands } from './commands/cache.js'
 
@@ -53,7 +54,7 @@ export function buildProgram(): Command {
     .description('pack a directory as a ModelPack artifact (one file per layer, as modctl does) and push it')
     .argument('<dir>', 'directory holding the model files')
     .argument('<ref>', 'image reference to push to')
-    .addOption(new Option('--format <format>', 'layer format').choices(['raw', 'tar']).default('raw'))
+    .addOption(new Option('--format <format>', 'layer format (tar+gzip: gzip -6; tar+zstd: zstd frames of 4 MiB with a seek table, needs the zstd command)').choices(PACK_FORMATS).default('raw'))
     .option('--legacy', 'write the legacy vnd.cnai media types and annotations')
     .option('--name <name>', 'model name for the config (default: last part of the repository)')
     .option('--no-progress', 'no progress bar'))
@@ -67,6 +68,11 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // `cnaifs cat … | head` closes our stdout early: stop quietly, as GNU tools do.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT.ok)
+    throw err
+  })
   const program = buildProgram()
   program.exitOverride()
   try {

@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { join, resolve } from 'node:path'
 import type { BlockCache } from '../cache/block-cache.js'
 import type { FileContentReader } from '../cache/types.js'
-import type { OpenedModel } from '../index/open-model.js'
+import { layerBlob, type OpenedModel } from '../index/open-model.js'
 import type { FileNode } from '../index/tree.js'
 import { errorMessage } from '../util/errors.js'
 import type { DaemonMetrics } from './metrics.js'
@@ -82,8 +82,7 @@ export class ControlServer {
     for (const { path, node } of model.tree.walk()) {
       if (node.kind !== 'file' || seen.has(node)) continue
       seen.add(node)
-      const l = model.manifest.layers[node.layer].descriptor
-      files.push({ path, size: node.size, cached: reader.cachedBytes({ blob: { digest: l.digest, size: l.size }, offset: node.offset, size: node.size }) })
+      files.push({ path, size: node.size, cached: reader.cachedBytes({ blob: layerBlob(model, node.layer), offset: node.offset, size: node.size }) })
     }
     const metrics: Record<string, number> = {}
     for (const m of await this.deps.metrics.registry.getMetricsAsJSON()) {

@@ -4,11 +4,12 @@ import { BlockCache } from '../cache/block-cache.js'
 import { CachedFileReader } from '../cache/reader.js'
 import type { BlobRangeFetcher } from '../cache/types.js'
 import { ModelFilesystem, clearStaleMount } from '../fuse/filesystem.js'
-import { openModel } from '../index/open-model.js'
+import { CompressedLayers } from '../compressed/layers.js'
+import { layerBlob, openModel } from '../index/open-model.js'
 import type { IndexStore } from '../index/store.js'
 import type { RegistryClient } from '../registry/client.js'
 import { formatReference, type ImageReference } from '../registry/reference.js'
-import { errorMessage } from '../util/errors.js'
+import { CnaifsError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
 import { ControlServer } from './control.js'
 import { DaemonMetrics } from './metrics.js'
@@ -51,8 +52,11 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
   try {
     await notifier.status(`resolving ${name}`)
     if (await clearStaleMount(o.mountpoint)) log.warn({ mountpoint: o.mountpoint }, 'cleared a stale mount left by a previous daemon')
-    const model = await openModel(client, o.ref, { store, log, onLayerDone: (d, t) => void notifier.status(`indexing layers ${d}/${t}`) })
-    const layers = model.manifest.layers.map((l) => ({ digest: l.descriptor.digest, mediaType: l.descriptor.mediaType, size: l.descriptor.size }))
+    // tar+gzip / tar+zstd layers: indexed once per blob; their files are read from the uncompressed content,
+    // keyed (and verified by the block cache) by diffId, through checkpointed decompression.
+    const compressed = new CompressedLayers({ cacheDir: o.cacheDir, read: (digest, offset, length, signal) => client.readBlobRange(o.ref, digest, offset, length, { signal }), log })
+    const model = await openModel(client, o.ref, { store, log, compressed: compressed.indexLayer, onLayerDone: (d, t) => void notifier.status(`indexing layers ${d}/${t}`) })
+    const layers = model.manifest.layers.map((l) => ({ ...layerBlob(model, l.index), mediaType: l.descriptor.mediaType }))
 
     let metrics: DaemonMetrics | undefined
     cache = new BlockCache({
@@ -67,7 +71,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
       },
     })
     await cache.init()
-    const fetch: BlobRangeFetcher = (blob, offset, length, signal) => client.readBlobRange(o.ref, blob.digest, offset, length, { signal })
+    const fetch: BlobRangeFetcher = compressed.fetcher(model, (blob, offset, length, signal) => client.readBlobRange(o.ref, blob.digest, offset, length, { signal }))
     const reader = new CachedFileReader({ cache, fetch, readTimeoutMs: o.readTimeoutMs, memoryBudgetBytes: Math.floor(o.memoryBudgetBytes / 2), log })
     fs = new ModelFilesystem(o.mountpoint, {
       tree: model.tree, layers, reader, uid: o.uid, gid: o.gid, allowOther: o.allowOther, log,
@@ -98,7 +102,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     prefetcher.stop()
     await notifier.stopping()
   } catch (err) {
-    notifier.failed(errorMessage(err))
+    notifier.failed(errorMessage(err), err instanceof CnaifsError ? err.code : undefined)
     throw err
   } finally {
     if (fs) {

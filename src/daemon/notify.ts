@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { createWriteStream } from 'node:fs'
+import { closeSync, writeSync } from 'node:fs'
 
 /**
  * Readiness and status reporting of the daemon, to whoever started it:
@@ -8,8 +8,7 @@ import { createWriteStream } from 'node:fs'
  *   `systemd-notify`, which needs NotifyAccess=all in the unit (it sends from its own pid).
  */
 export class DaemonNotifier {
-  private readonly readyFd?: number
-  private pipe?: NodeJS.WritableStream
+  private readyFd?: number
   private notifyChain: Promise<void> = Promise.resolve()
 
   constructor(env: NodeJS.ProcessEnv = process.env) {
@@ -17,14 +16,27 @@ export class DaemonNotifier {
     this.readyFd = fd !== undefined && Number.isInteger(fd) ? fd : undefined
   }
 
+  /**
+   * One line, written synchronously: a failing daemon exits right after failed(), before an asynchronous write
+   * would have reached the parent (which then could only guess the error, and its exit code, from the log).
+   */
   private sendPipe(message: object): void {
     if (this.readyFd === undefined) return
     try {
-      this.pipe ??= createWriteStream('', { fd: this.readyFd })
-      this.pipe.write(JSON.stringify(message) + '\n')
+      writeSync(this.readyFd, JSON.stringify(message) + '\n')
     } catch {
       // the parent went away: nothing to tell
     }
+  }
+
+  private closePipe(): void {
+    if (this.readyFd === undefined) return
+    try {
+      closeSync(this.readyFd)
+    } catch {
+      // already closed
+    }
+    this.readyFd = undefined
   }
 
   private sd(...assignments: string[]): Promise<void> {
@@ -42,12 +54,14 @@ export class DaemonNotifier {
 
   async ready(info: object): Promise<void> {
     this.sendPipe({ ready: true, ...info })
-    this.pipe?.end()
+    this.closePipe()
     await this.sd('--ready', 'STATUS=mounted')
   }
 
-  failed(message: string): void {
-    this.sendPipe({ error: message })
+  /** `code` is the CnaifsError code, so `cnaifs mount` can exit as the foreground command would (README exit codes). */
+  failed(message: string, code?: string): void {
+    this.sendPipe({ error: message, ...(code ? { code } : {}) })
+    this.closePipe()
   }
 
   stopping(): Promise<void> {

@@ -1,6 +1,6 @@
 import type { BlockCache } from '../cache/block-cache.js'
 import type { BlobRangeFetcher, BlobRef } from '../cache/types.js'
-import type { OpenedModel } from '../index/open-model.js'
+import { layerBlob, type OpenedModel } from '../index/open-model.js'
 import type { FileNode } from '../index/tree.js'
 import type { ModelLayer } from '../modelpack/types.js'
 import { errorMessage } from '../util/errors.js'
@@ -53,12 +53,12 @@ export class Prefetcher {
     const layers = this.o.model.manifest.layers
     const meta = layers.filter((l) => META_KINDS.has(l.kind))
     const chosen = mode === 'meta' ? meta : [...meta, ...layers.filter((l) => !META_KINDS.has(l.kind))]
-    return chosen.map((l) => wholeLayer(l))
+    return chosen.map((l) => wholeLayer(this.o.model, l))
   }
 
   /** Ranges covering the named files (directories expand to every file below). */
   rangesForPaths(paths: string[]): PrefetchRange[] {
-    const { tree, manifest } = this.o.model
+    const { tree } = this.o.model
     const out: PrefetchRange[] = []
     const seen = new Set<FileNode>()
     for (const p of paths) {
@@ -68,8 +68,7 @@ export class Prefetcher {
       for (const n of nodes) {
         if (n.kind !== 'file' || seen.has(n)) continue
         seen.add(n)
-        const l = manifest.layers[n.layer]
-        out.push({ blob: { digest: l.descriptor.digest, size: l.descriptor.size }, start: n.offset, end: n.offset + n.size, label: p })
+        out.push({ blob: layerBlob(this.o.model, n.layer), start: n.offset, end: n.offset + n.size, label: p })
       }
     }
     return out
@@ -114,8 +113,10 @@ export class Prefetcher {
   }
 }
 
-function wholeLayer(l: ModelLayer): PrefetchRange {
-  return { blob: { digest: l.descriptor.digest, size: l.descriptor.size }, start: 0, end: l.descriptor.size, label: l.path ?? `layer ${l.index}` }
+/** A whole layer; a compressed one as its uncompressed content (what its files are read from). */
+function wholeLayer(model: OpenedModel, l: ModelLayer): PrefetchRange {
+  const blob = layerBlob(model, l.index)
+  return { blob, start: 0, end: blob.size, label: l.path ?? `layer ${l.index}` }
 }
 
 interface Part { blob: BlobRef; first: number; last: number; bytes: number; label: string }

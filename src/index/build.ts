@@ -12,12 +12,31 @@ export class UnsupportedLayerError extends CnaifsError {
   }
 }
 
+/** What indexing a compressed (tar+gzip, tar+zstd) layer gives: its tar entries with uncompressed offsets, and the key of its uncompressed content. */
+export interface CompressedLayerInfo {
+  entries: TarEntry[]
+  /** sha256 of the uncompressed tar (the layer's diffId) and its size. */
+  diffId: string
+  size: number
+}
+
+/** Indexes a compressed layer (one pass over it, kept per blob by the implementation: src/compressed). */
+export type CompressedLayerIndexer = (layer: ModelLayer, read: (offset: number, length: number) => Promise<Buffer>) => Promise<CompressedLayerInfo>
+
+/** The uncompressed content a compressed layer's files are read from: FileNode offsets are into it. */
+export interface LayerView {
+  digest: string
+  size: number
+}
+
 export interface BuildTreeOptions {
   /** Parallel layer walks; each costs one or two ranged GETs. */
   concurrency?: number
   /** mtime for raw files without metadata and for implicit directories (the model's creation time). */
   defaultMtimeMs?: number
   onLayerDone?: (done: number, total: number) => void
+  /** Without it, tar+gzip and tar+zstd layers are refused (UnsupportedLayerError). */
+  compressed?: CompressedLayerIndexer
 }
 
 const RAW_FILE_MODE = 0o444
@@ -32,12 +51,21 @@ export function describeLayer(layer: ModelLayer): string {
  * for a single large file); raw layers cost no request at all.
  */
 export async function buildTree(manifest: ModelManifest, read: LayerRangeReader, options: BuildTreeOptions = {}): Promise<FileTree> {
+  return (await buildModelTree(manifest, read, options)).tree
+}
+
+/**
+ * buildTree, plus the uncompressed key of each compressed layer (by layer index): files of such layers are at
+ * offsets of the uncompressed tar, read through src/compressed.
+ */
+export async function buildModelTree(manifest: ModelManifest, read: LayerRangeReader, options: BuildTreeOptions = {}): Promise<{ tree: FileTree; layerViews?: Record<number, LayerView> }> {
   const defaultMtimeMs = options.defaultMtimeMs ?? 0
   const tarLayers = manifest.layers.filter((l) => l.form !== 'raw')
   for (const l of tarLayers) {
-    if (l.form !== 'tar') throw new UnsupportedLayerError(`${describeLayer(l)}: ${l.form} layers are not supported yet`)
+    if (l.form !== 'tar' && !options.compressed) throw new UnsupportedLayerError(`${describeLayer(l)}: ${l.form} layers are not supported here`)
   }
   const walked = new Map<number, TarEntry[]>()
+  const views = new Map<number, LayerView>()
   let done = 0
   const total = manifest.layers.length
   done += manifest.layers.length - tarLayers.length
@@ -45,7 +73,13 @@ export async function buildTree(manifest: ModelManifest, read: LayerRangeReader,
   await runBounded(tarLayers, options.concurrency ?? 8, async (layer) => {
     const source: RangeSource = { size: layer.descriptor.size, read: (offset, length) => read(layer, offset, length) }
     try {
-      walked.set(layer.index, await walkTar(source))
+      if (layer.form === 'tar') {
+        walked.set(layer.index, await walkTar(source))
+      } else {
+        const info = await options.compressed!(layer, source.read)
+        walked.set(layer.index, info.entries)
+        views.set(layer.index, { digest: info.diffId, size: info.size })
+      }
     } catch (err) {
       if (err instanceof CnaifsError && !(err instanceof FormatError)) throw err
       throw new FormatError(`${describeLayer(layer)}: ${errorMessage(err)}`, { cause: err })
@@ -59,7 +93,7 @@ export async function buildTree(manifest: ModelManifest, read: LayerRangeReader,
     if (layer.form === 'raw') placeRaw(tree, layer, defaultMtimeMs)
     else placeTar(tree, layer, walked.get(layer.index) ?? [])
   }
-  return tree
+  return views.size ? { tree, layerViews: Object.fromEntries(views) } : { tree }
 }
 
 function placeRaw(tree: FileTree, layer: ModelLayer, defaultMtimeMs: number): void {

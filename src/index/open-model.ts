@@ -7,7 +7,7 @@ import type { ModelManifest } from '../modelpack/types.js'
 import { sha256Digest } from '../util/digest.js'
 import { CnaifsError } from '../util/errors.js'
 import { silentLogger, type Logger } from '../util/log.js'
-import { buildTree, type BuildTreeOptions } from './build.js'
+import { buildModelTree, type BuildTreeOptions, type LayerView } from './build.js'
 import { INDEX_FORMAT_VERSION, IndexStore, type ModelIndexFile } from './store.js'
 import { FileTree } from './tree.js'
 
@@ -17,6 +17,19 @@ export interface OpenedModel {
   tree: FileTree
   /** Where the tree came from: built now, the persisted index, or the persisted index while offline. */
   source: 'built' | 'cache' | 'offline'
+  /** Compressed layers by index: the uncompressed content their files are read from (see layerBlob). */
+  layerViews?: Record<number, LayerView>
+}
+
+/**
+ * The blob a layer's files are read from, as the block cache knows it: the layer blob itself, or for a
+ * compressed layer its uncompressed content keyed by diffId (read through src/compressed).
+ */
+export function layerBlob(model: Pick<OpenedModel, 'manifest' | 'layerViews'>, index: number): LayerView {
+  const view = model.layerViews?.[index]
+  if (view) return view
+  const d = model.manifest.layers[index]!.descriptor
+  return { digest: d.digest, size: d.size }
 }
 
 export interface OpenModelOptions {
@@ -25,6 +38,8 @@ export interface OpenModelOptions {
   /** Use the persisted index when the registry cannot be reached (default true). */
   offline?: boolean
   onLayerDone?: BuildTreeOptions['onLayerDone']
+  /** Indexes tar+gzip / tar+zstd layers (src/compressed's CompressedLayers.indexLayer); without it they are refused. */
+  compressed?: BuildTreeOptions['compressed']
   signal?: AbortSignal
 }
 
@@ -59,12 +74,12 @@ export async function openModel(client: RegistryClient, ref: ImageReference, opt
   const cached = await options.store.load(manifest.digest)
   if (cached) {
     await options.store.saveRef(name, manifest.digest)
-    return { reference: ref, manifest, tree: FileTree.fromEntries(cached.entries, cached.defaultMtimeMs), source: 'cache' }
+    return { reference: ref, manifest, tree: FileTree.fromEntries(cached.entries, cached.defaultMtimeMs), source: 'cache', ...(cached.layerViews ? { layerViews: cached.layerViews } : {}) }
   }
   const defaultMtimeMs = manifestTimeMs(manifest)
-  const tree = await buildTree(manifest, (layer, offset, length) =>
+  const { tree, layerViews } = await buildModelTree(manifest, (layer, offset, length) =>
     client.readBlobRange(ref, layer.descriptor.digest, offset, length, { signal: options.signal }),
-  { defaultMtimeMs, onLayerDone: options.onLayerDone })
+  { defaultMtimeMs, onLayerDone: options.onLayerDone, compressed: options.compressed })
   const index: ModelIndexFile = {
     version: INDEX_FORMAT_VERSION,
     reference: name,
@@ -74,16 +89,17 @@ export async function openModel(client: RegistryClient, ref: ImageReference, opt
     createdAt: new Date().toISOString(),
     defaultMtimeMs,
     entries: tree.toEntries(),
+    ...(layerViews ? { layerViews } : {}),
   }
   await options.store.save(index)
   await options.store.saveRef(name, manifest.digest)
   log.debug({ reference: name, digest: manifest.digest, entries: index.entries.length }, 'index built')
-  return { reference: ref, manifest, tree, source: 'built' }
+  return { reference: ref, manifest, tree, source: 'built', ...(layerViews ? { layerViews } : {}) }
 }
 
-function fromIndexFile(file: ModelIndexFile): { manifest: ModelManifest; tree: FileTree } {
+function fromIndexFile(file: ModelIndexFile): { manifest: ModelManifest; tree: FileTree; layerViews?: Record<number, LayerView> } {
   // The manifest is stored exactly as served, so a damaged index file is caught by its digest.
   if (sha256Digest(file.manifest) !== file.manifestDigest) throw new CnaifsError('EFORMAT', `cached index for ${file.reference} is corrupt (manifest digest mismatch)`)
   const manifest = parseModelManifest(file.manifest, file.manifestDigest)
-  return { manifest, tree: FileTree.fromEntries(file.entries, file.defaultMtimeMs) }
+  return { manifest, tree: FileTree.fromEntries(file.entries, file.defaultMtimeMs), ...(file.layerViews ? { layerViews: file.layerViews } : {}) }
 }

@@ -14,6 +14,8 @@ export interface ModelIndexFile {
   createdAt: string
   defaultMtimeMs: number
   entries: IndexEntry[]
+  /** Compressed layers by index: the key of their uncompressed content (diffId, size), which file offsets refer to. */
+  layerViews?: Record<number, { digest: string; size: number }>
 }
 
 /** Which manifest a tag resolved to last, for offline mounts of a tag. */
@@ -91,7 +93,7 @@ export interface StoredIndexSummary {
   manifestDigest: string
   reference: string
   createdAt: string
-  /** Layer blob digests with sizes, from the stored manifest. */
+  /** Layer blob digests with sizes, from the stored manifest; a compressed layer by its uncompressed key (what the block cache holds). */
   layers: { digest: string; size: number }[]
 }
 
@@ -108,7 +110,7 @@ export async function listIndexes(store: IndexStore): Promise<StoredIndexSummary
     const doc = await store.load('sha256:' + n.slice(0, 64))
     if (!doc) continue
     const manifest = JSON.parse(doc.manifest) as { layers?: { digest: string; size: number }[] }
-    out.push({ manifestDigest: doc.manifestDigest, reference: doc.reference, createdAt: doc.createdAt, layers: (manifest.layers ?? []).map((l) => ({ digest: l.digest, size: l.size })) })
+    out.push({ manifestDigest: doc.manifestDigest, reference: doc.reference, createdAt: doc.createdAt, layers: (manifest.layers ?? []).map((l, i) => doc.layerViews?.[i] ?? { digest: l.digest, size: l.size }) })
   }
   return out
 }

@@ -21,6 +21,8 @@ function strings(o: Json, ...keys: string[]): string[] | undefined {
   for (const k of keys) {
     const v = o[k]
     if (Array.isArray(v)) return v.filter((x): x is string => typeof x === 'string')
+    // A Kitfile's `package.license` is one string, not a list.
+    if (typeof v === 'string' && v !== '') return [v]
   }
   return undefined
 }

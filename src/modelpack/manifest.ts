@@ -111,7 +111,7 @@ export function parseFileMetadata(text: string, what: string): FileMetadata {
   if (typeof doc.mtime === 'string') {
     const ms = Date.parse(doc.mtime)
     if (Number.isNaN(ms)) throw new FormatError(`${what}: mtime ${JSON.stringify(doc.mtime)} is not RFC 3339`)
-    meta.mtimeMs = ms
+    meta.mtimeMs = Math.max(0, ms) // Go's zero time (year 1) and other pre-epoch stamps show as the epoch
   }
   if (doc.typeflag !== undefined) {
     const t = TYPEFLAGS[String(doc.typeflag)]

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { lstat, readdir } from 'node:fs/promises'
+import { lstat, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { basename, join, relative, sep } from 'node:path'
 import { Readable } from 'node:stream'
 import type { RegistryClient } from '../registry/client.js'
@@ -12,9 +13,11 @@ import type { LayerKind, OciDescriptor, OciManifest } from '../modelpack/types.j
 import { sha256Digest } from '../util/digest.js'
 import { UsageError } from '../util/errors.js'
 import { classifyFile, KIND_ORDER } from './classify.js'
+import { compressLayer, type Compression } from './compress.js'
 import { tarHeaderFor, tarTrailerFor } from './tar-writer.js'
 
-export type PackFormat = 'raw' | 'tar'
+export type PackFormat = 'raw' | 'tar' | 'tar+gzip' | 'tar+zstd'
+export const PACK_FORMATS: PackFormat[] = ['raw', 'tar', 'tar+gzip', 'tar+zstd']
 
 export interface PushOptions {
   format: PackFormat
@@ -39,9 +42,13 @@ interface SourceFile {
 interface PreparedLayer {
   file: SourceFile
   descriptor: OciDescriptor
-  /** Bytes around the file's content in the blob (empty for raw). */
+  /** Bytes around the file's content in the (uncompressed) tar (empty for raw). */
   head: Buffer
   tail: Buffer
+  /** sha256 of the uncompressed content: the config's diffId (equal to the digest unless compressed). */
+  diffId: string
+  /** Compressed layers: the compressed blob, written to a temp file. */
+  compressedPath?: string
 }
 
 export interface PushResult {
@@ -69,7 +76,13 @@ async function listFiles(dir: string): Promise<SourceFile[]> {
   return out
 }
 
+/** The blob as pushed: the compressed file, or the (tar-wrapped) source file. */
 function blobStream(layer: PreparedLayer): Readable {
+  return layer.compressedPath ? createReadStream(layer.compressedPath, { highWaterMark: 1024 * 1024 }) : contentStream(layer)
+}
+
+/** The uncompressed content: the file, or its single-entry tar. */
+function contentStream(layer: PreparedLayer): Readable {
   const { head, tail, file } = layer
   return Readable.from((async function* () {
     if (head.length) yield head
@@ -78,14 +91,25 @@ function blobStream(layer: PreparedLayer): Readable {
   })())
 }
 
-async function prepareLayer(file: SourceFile, format: PackFormat, family: 'cncf' | 'cnai'): Promise<PreparedLayer> {
+let tempCounter = 0
+
+async function prepareLayer(file: SourceFile, format: PackFormat, family: 'cncf' | 'cnai', tempDir: () => Promise<string>): Promise<PreparedLayer> {
   const mtimeSec = Math.floor(file.mtimeMs / 1000)
-  const head = format === 'tar' ? tarHeaderFor({ name: file.path, size: file.size, mode: file.mode, uid: file.uid, gid: file.gid, mtimeSec }) : Buffer.alloc(0)
-  const tail = format === 'tar' ? tarTrailerFor(file.size) : Buffer.alloc(0)
-  const layer: PreparedLayer = { file, head, tail, descriptor: { mediaType: layerTypeFor(family, file.kind, format), digest: '', size: head.length + file.size + tail.length } }
+  const isTar = format !== 'raw'
+  const head = isTar ? tarHeaderFor({ name: file.path, size: file.size, mode: file.mode, uid: file.uid, gid: file.gid, mtimeSec }) : Buffer.alloc(0)
+  const tail = isTar ? tarTrailerFor(file.size) : Buffer.alloc(0)
+  const layer: PreparedLayer = { file, head, tail, diffId: '', descriptor: { mediaType: layerTypeFor(family, file.kind, format), digest: '', size: head.length + file.size + tail.length } }
   const hash = createHash('sha256')
-  for await (const chunk of blobStream(layer)) hash.update(chunk as Buffer)
-  layer.descriptor.digest = 'sha256:' + hash.digest('hex')
+  for await (const chunk of contentStream(layer)) hash.update(chunk as Buffer)
+  layer.diffId = 'sha256:' + hash.digest('hex')
+  layer.descriptor.digest = layer.diffId
+  const compression: Compression | undefined = format === 'tar+gzip' ? 'gzip' : format === 'tar+zstd' ? 'zstd' : undefined
+  if (compression) {
+    const path = join(await tempDir(), `layer-${++tempCounter}.${compression}`)
+    const c = await compressLayer(contentStream(layer), compression, path)
+    Object.assign(layer.descriptor, { digest: c.digest, size: c.size })
+    layer.compressedPath = path
+  }
   const metadata = {
     name: basename(file.path), mode: file.mode, uid: file.uid, gid: file.gid, size: file.size,
     mtime: new Date(mtimeSec * 1000).toISOString(), typeflag: 0,
@@ -108,8 +132,18 @@ export async function pushDirectory(client: RegistryClient, ref: ImageReference,
   })
   if (files.length === 0) throw new UsageError(`${dir} has no files to push`)
   const layers: PreparedLayer[] = new Array(files.length)
+  let temp: Promise<string> | undefined
+  const tempDir = () => (temp ??= mkdtemp(join(tmpdir(), 'cnaifs-push-')))
+  try {
+    return await pushPrepared(client, ref, files, layers, family, options, tempDir)
+  } finally {
+    if (temp) await rm(await temp, { recursive: true, force: true })
+  }
+}
+
+async function pushPrepared(client: RegistryClient, ref: ImageReference, files: SourceFile[], layers: PreparedLayer[], family: 'cncf' | 'cnai', options: PushOptions, tempDir: () => Promise<string>): Promise<PushResult> {
   await runBounded(files.map((f, i) => [f, i] as const), 4, async ([f, i]) => {
-    layers[i] = await prepareLayer(f, options.format, family)
+    layers[i] = await prepareLayer(f, options.format, family, tempDir)
   })
   const total = layers.reduce((n, l) => n + l.descriptor.size, 0)
   let done = 0
@@ -121,7 +155,7 @@ export async function pushDirectory(client: RegistryClient, ref: ImageReference,
   })
 
   const created = new Date().toISOString()
-  const diffIds = layers.map((l) => l.descriptor.digest) // uncompressed layers: diffId = digest
+  const diffIds = layers.map((l) => l.diffId) // sha256 of the uncompressed content (= digest unless compressed)
   const config = {
     descriptor: { name: options.name ?? ref.repository.split('/').pop(), [family === 'cncf' ? 'createdAt' : 'created_at']: created },
     config: {},

@@ -136,6 +136,9 @@ function runHelper(helper: string, serverUrl: string, env: NodeJS.ProcessEnv, qu
         reject(new UsageError(`credential helper ${program} returned something that is not JSON`))
       }
     })
+    // A helper that exits without reading stdin (or is not installed) makes this write fail with EPIPE: that is
+    // reported through the exit status above, so the stream error must not become an uncaught exception.
+    child.stdin?.on('error', () => {})
     child.stdin?.end(serverUrl)
   })
 }

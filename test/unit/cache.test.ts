@@ -220,6 +220,8 @@ describe('BlockCache disk tier', () => {
     const second = await newCache()
     expect(second.has(blob, 0)).toBe(true)
     expect(second.has(blob, 1)).toBe(false)
+    // The torn file is deleted in the background: wait (bounded) for it to go.
+    for (let i = 0; i < 100 && existsSync(blockPath(blob, 1)); i++) await new Promise((r) => setTimeout(r, 20))
     expect(existsSync(blockPath(blob, 1))).toBe(false)
     const blocks = await second.getBlocks(blob, 0, 2, registry.fetch, longSignal())
     expect(Buffer.concat(blocks).equals(data.subarray(0, 3 * B))).toBe(true)

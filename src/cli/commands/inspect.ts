@@ -2,6 +2,7 @@ import { parseModelConfig } from '../../modelpack/config.js'
 import { resolveModel } from '../../modelpack/resolve.js'
 import { openModel } from '../../index/open-model.js'
 import { UnsupportedLayerError } from '../../index/build.js'
+import { DecompressionError } from '../../compressed/errors.js'
 import { formatReference } from '../../registry/reference.js'
 import { formatBytes } from '../../util/progress.js'
 import type { CommandContext } from '../context.js'
@@ -13,11 +14,11 @@ export async function inspectCommand(ctx: CommandContext, options: { json?: bool
   const config = parseModelConfig(configBytes)
   let files: { count: number; bytes: number } | { unavailable: string }
   try {
-    const opened = await openModel(ctx.client, { ...ctx.ref, digest: manifest.digest }, { store: ctx.store, log: ctx.log })
+    const opened = await openModel(ctx.client, { ...ctx.ref, digest: manifest.digest }, { store: ctx.store, log: ctx.log, compressed: ctx.compressed.indexLayer })
     const s = opened.tree.stats()
     files = { count: s.files, bytes: s.bytes }
   } catch (err) {
-    if (!(err instanceof UnsupportedLayerError)) throw err
+    if (!(err instanceof UnsupportedLayerError || err instanceof DecompressionError)) throw err
     files = { unavailable: err.message }
   }
   const layers = manifest.layers.map((l) => ({

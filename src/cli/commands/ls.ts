@@ -6,7 +6,7 @@ import type { CommandContext } from '../context.js'
 import { longLine } from '../format.js'
 
 export async function lsCommand(ctx: CommandContext, path: string | undefined, options: { long?: boolean; recursive?: boolean }): Promise<void> {
-  const { tree } = await openModel(ctx.client, ctx.ref, { store: ctx.store, log: ctx.log })
+  const { tree } = await openModel(ctx.client, ctx.ref, { store: ctx.store, log: ctx.log, compressed: ctx.compressed.indexLayer })
   const rel = splitPath(path ?? '').join('/')
   const node = tree.lookup(rel)
   if (!node) throw new NotFoundError(`${path}: no such file or directory in the model`)

@@ -8,7 +8,7 @@ import { clearStaleMount, isMounted } from '../../fuse/filesystem.js'
 import { BlockCache } from '../../cache/block-cache.js'
 import { Prefetcher } from '../../daemon/prefetch.js'
 import { openModel } from '../../index/open-model.js'
-import { formatReference } from '../../registry/reference.js'
+import { formatReference, parseReference } from '../../registry/reference.js'
 import { CnaifsError, UsageError } from '../../util/errors.js'
 import { createLogger } from '../../util/log.js'
 import { ProgressBar, formatBytes, parseSize } from '../../util/progress.js'
@@ -76,7 +76,7 @@ function prepareMountpoint(mountpoint: string): string {
 const CLI_ENTRY = fileURLToPath(new URL('../../../bin/cnaifs', import.meta.url))
 
 /** Starts the daemon in the background and waits for its ready line on fd 3. */
-async function mountInBackground(args: string[], logFile: string, password: string | undefined, readyTimeoutMs: number): Promise<{ ready: true; digest: string; index: string } | never> {
+async function mountInBackground(args: string[], logFile: string, password: string | undefined, readyTimeoutMs: number): Promise<{ ready: true; digest: string; index: string }> {
   mkdirSync(join(logFile, '..'), { recursive: true })
   const logFd = openSync(logFile, 'a')
   const child = spawn(process.execPath, [CLI_ENTRY, ...args, '--foreground'], {
@@ -99,7 +99,7 @@ async function mountInBackground(args: string[], logFile: string, password: stri
     }),
     new Promise<undefined>((ok) => setTimeout(() => ok(undefined), readyTimeoutMs).unref()),
   ])
-  const message = line ? (JSON.parse(line) as { ready?: boolean; error?: string; digest?: string; index?: string }) : undefined
+  const message = line ? (JSON.parse(line) as { ready?: boolean; error?: string; code?: string; digest?: string; index?: string }) : undefined
   if (message?.ready) {
     child.unref()
     ;(pipe as unknown as { destroy(): void }).destroy()
@@ -108,7 +108,8 @@ async function mountInBackground(args: string[], logFile: string, password: stri
   if (!message) child.kill('SIGTERM')
   const code = await Promise.race([exited, new Promise<number>((ok) => setTimeout(() => ok(1), 3000).unref())])
   const detail = message?.error ?? lastLogError(logFile) ?? `the daemon exited with code ${code} before the mount was ready (log: ${logFile})`
-  throw new CnaifsError(message?.error ? 'EMOUNT' : 'EMOUNT', detail)
+  // The daemon's error code, so `cnaifs mount` exits as documented (4 not found, 5 unreachable, …).
+  throw new CnaifsError(message?.code ?? 'EMOUNT', detail)
 }
 
 function lastLogError(logFile: string): string | undefined {
@@ -154,6 +155,8 @@ export function registerMountCommands(program: Command): void {
     .option('--ready-timeout <seconds>', 'how long to wait for the daemon to be ready', '300'))
     .action(async (reference: string, mountpoint: string, opts: MountCliOptions, cmd: Command) => {
       const g = globals(cmd)
+      // A bad reference is a usage error (exit 2) here and now, not a daemon that fails to start.
+      parseReference(reference)
       checkFuseAvailable()
       const abs = prepareMountpoint(mountpoint)
       const readTimeoutSec = Number(opts.readTimeout)
@@ -253,11 +256,12 @@ export function registerMountCommands(program: Command): void {
         return
       }
       const ctx = await createContext(target, g, opts)
-      const model = await openModel(ctx.client, ctx.ref, { store: ctx.store, log: ctx.log })
+      const model = await openModel(ctx.client, ctx.ref, { store: ctx.store, log: ctx.log, compressed: ctx.compressed.indexLayer })
       const cache = new BlockCache({ dir: join(ctx.cacheDir, 'blocks'), log: ctx.log })
       await cache.init()
       try {
-        const prefetcher = new Prefetcher({ model, cache, fetch: (blob, o, l, signal) => ctx.client.readBlobRange(ctx.ref, blob.digest, o, l, { signal }), log: ctx.log })
+        const fetch = ctx.compressed.fetcher(model, (blob, o, l, signal) => ctx.client.readBlobRange(ctx.ref, blob.digest, o, l, { signal }))
+        const prefetcher = new Prefetcher({ model, cache, fetch, log: ctx.log })
         await prefetcher.fill(paths.length ? prefetcher.rangesForPaths(paths) : prefetcher.rangesFor('all'), (d, t) => bar.update(d, t))
       } finally {
         await cache.close()
