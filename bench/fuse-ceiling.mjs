@@ -3,7 +3,7 @@
 // post-mount tuning): a one-file filesystem whose reads answer at once from a preallocated buffer (no cache,
 // no network). `cat` of its file measures what fuse-native + the kernel can move, independent of cnaifs.
 //
-// Usage: node bench/fuse-ceiling.mjs MOUNTPOINT [SIZE_MIB=2048] [--read-ahead-kb 16384] [--max-background 64]
+// Usage: node bench/fuse-ceiling.mjs MOUNTPOINT [SIZE_MIB=2048] [--read-ahead-kb 16384] [--max-background 64] [--delay-ms 0]
 //   Prints "ready" once mounted and tuned; SIGTERM unmounts and exits. The file is MOUNTPOINT/zero.bin.
 import { createRequire } from 'node:module'
 import { statfs } from 'node:fs/promises'
@@ -21,12 +21,15 @@ const mnt = resolve(positional[0])
 const size = Number(positional[1] ?? 2048) * 1024 * 1024
 const readAheadKb = opt('--read-ahead-kb', 16384)
 const maxBackground = opt('--max-background', 64)
+const delayMs = opt('--delay-ms', 0) // answer each read after this long (setTimeout), to see how many reads the kernel keeps in flight
 const data = Buffer.alloc(128 * 1024, 7)
 mkdirSync(mnt, { recursive: true })
 
 const now = new Date()
 const stat = (mode, sz) => ({ mtime: now, atime: now, ctime: now, size: sz, mode, uid: 0, gid: 0, nlink: 1, blksize: 131072, blocks: Math.ceil(sz / 512), ino: mode & 0o040000 ? 1 : 2, dev: 0, rdev: 0 })
 let reads = 0
+let inFlight = 0
+let maxInFlight = 0
 const ops = {
   getattr: (p, cb) => p === '/' ? cb(0, stat(0o040755, 4096)) : p === '/zero.bin' ? cb(0, stat(0o100644, size)) : cb(Fuse.ENOENT),
   readdir: (p, cb) => p === '/' ? cb(0, ['zero.bin']) : cb(Fuse.ENOENT),
@@ -34,9 +37,14 @@ const ops = {
   release: (p, fd, cb) => cb(0),
   read: (p, fd, buf, len, pos, cb) => {
     reads++
-    const n = Math.max(0, Math.min(len, size - pos, data.length))
-    data.copy(buf, 0, 0, n)
-    cb(n)
+    const answer = () => {
+      const n = Math.max(0, Math.min(len, size - pos, data.length))
+      data.copy(buf, 0, 0, n)
+      cb(n)
+    }
+    if (!delayMs) return answer()
+    if (++inFlight > maxInFlight) maxInFlight = inFlight
+    setTimeout(() => { inFlight--; answer() }, delayMs)
   },
 }
 const fuse = new Fuse(mnt, ops, { force: true, mkdir: true, kernelCache: true, maxRead: 131072, attrTimeout: 3600, entryTimeout: 3600, timeout: false })
@@ -53,6 +61,6 @@ fuse.mount(async (err) => {
   }
   console.log('ready')
 })
-const stop = () => fuse.unmount(() => { console.error(`reads served: ${reads}`); process.exit(0) })
+const stop = () => fuse.unmount(() => { console.error(`reads served: ${reads}, most in flight: ${maxInFlight}`); process.exit(0) })
 process.on('SIGTERM', stop)
 process.on('SIGINT', stop)

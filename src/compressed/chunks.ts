@@ -10,6 +10,9 @@ import { DigestMismatchError } from '../util/errors.js'
 import type { BlobRef } from './index-store.js'
 import { chunkHash, VERIFY_CHUNK, type CompressedRangeReader } from './sequential.js'
 
+/** Chunks fetched ahead of the one being decompressed, at most. */
+const MAX_AHEAD = 4
+
 export class VerifiedChunks {
   /** Compressed bytes fetched from the registry (tests and benchmarks count them). */
   fetchedBytes = 0
@@ -19,7 +22,7 @@ export class VerifiedChunks {
     private readonly blob: BlobRef,
     private readonly hashes: Buffer,
     private readonly read: CompressedRangeReader,
-    private readonly capacity = 16,
+    private readonly capacity = 8,
   ) {}
 
   /** Chunk `n` (VERIFY_CHUNK bytes, the last one shorter), verified. */
@@ -44,14 +47,16 @@ export class VerifiedChunks {
 
   /**
    * Bytes from `pos` up to `limit` (exclusive), at most `max` of them, from one chunk. `more` estimates how
-   * many compressed bytes the caller still needs: the next chunk is fetched ahead when it will be.
+   * many compressed bytes the caller still needs: the chunks those lie in are fetched ahead, in parallel.
    */
   async piece(pos: number, limit: number, max: number, more: number, signal?: AbortSignal): Promise<Buffer> {
     const n = Math.floor(pos / VERIFY_CHUNK)
     const chunk = await this.get(n, signal)
     const from = pos - n * VERIFY_CHUNK
     const to = Math.min(chunk.length, limit - n * VERIFY_CHUNK, from + max)
-    if (more > chunk.length - from && limit > (n + 1) * VERIFY_CHUNK) this.prefetch(n + 1)
+    // Ask for every further chunk the caller is expected to need now, so they arrive in parallel.
+    const lastNeeded = Math.floor((Math.min(limit, pos + more) - 1) / VERIFY_CHUNK)
+    for (let k = n + 1; k <= Math.min(lastNeeded, n + MAX_AHEAD); k++) this.prefetch(k)
     return chunk.subarray(from, to)
   }
 

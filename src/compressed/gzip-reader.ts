@@ -45,7 +45,7 @@ abstract class GzipDecoder extends Decoder {
 
   /** Compressed bytes still expected to be needed to reach `target` (for read-ahead). */
   protected moreFor(target: number): number {
-    return Math.max(0, (target - this.produced) * this.ratio)
+    return target > this.produced ? (target - this.produced) * this.ratio * 1.1 + 64 * 1024 : 0
   }
 
   protected target = 0

@@ -26,9 +26,9 @@ export interface UncompressedView {
 }
 
 export interface CheckpointViewOptions {
-  /** Decoders kept after a read for the next one to continue (default 4). */
+  /** Decoders kept after a read for the next one to continue (default 2). */
   maxIdleDecoders?: number
-  /** Verified compressed chunks kept in memory (default 16, of VERIFY_CHUNK bytes). */
+  /** Verified compressed chunks kept in memory (default 8, of VERIFY_CHUNK bytes). */
   chunkCache?: number
 }
 
@@ -42,8 +42,8 @@ export class CheckpointView implements UncompressedView {
   constructor(readonly index: CompressedIndex, read: CompressedRangeReader, o: CheckpointViewOptions = {}) {
     this.key = { digest: index.diffId, size: index.size }
     this.compressed = index.compressed
-    this.chunks = new VerifiedChunks(index.compressed, index.chunkHashes, read, o.chunkCache ?? 16)
-    this.maxIdle = o.maxIdleDecoders ?? 4
+    this.chunks = new VerifiedChunks(index.compressed, index.chunkHashes, read, o.chunkCache ?? 8)
+    this.maxIdle = o.maxIdleDecoders ?? 2
   }
 
   /** Compressed bytes fetched by reads so far. */

@@ -29,6 +29,11 @@ export const SKIPPABLE_MAGIC = 0x184d2a50
 export const SEEKABLE_SKIPPABLE_MAGIC = 0x184d2a5e
 export const SEEKABLE_FOOTER_MAGIC = 0x8f92eab1
 const MAX_BLOCK = 128 * 1024
+/**
+ * Largest window (or single-segment frame) decoded: what `zstd -d` accepts without --memory (windowLog 27).
+ * fzstd allocates the window up front, so a hostile header could otherwise ask for 2 GiB.
+ */
+const MAX_WINDOW = 128 * 1024 * 1024
 /** A seek table larger than this is ignored rather than held in memory (that is ~1.4 million frames). */
 const MAX_SEEK_TABLE = 16 * 1024 * 1024
 const DEFAULT_ZSTD_SPACING = 4 * 1024 * 1024
@@ -103,12 +108,18 @@ class FrameWalker {
         let p = 5 + (singleSegment ? 0 : 1)
         const dictId = dictBytes ? header.readUIntLE(p, dictBytes) : 0
         if (dictId !== 0) throw this.error(`frame needs dictionary ${dictId}, which the layer does not carry`)
+        if (!singleSegment) {
+          const wd = header[5]!
+          const base = 2 ** (10 + (wd >> 3))
+          if (base + (base / 8) * (wd & 7) > MAX_WINDOW) throw this.error(`window of ${base + (base / 8) * (wd & 7)} bytes exceeds the ${MAX_WINDOW}-byte limit`)
+        }
         p += dictBytes
         let contentSize: number | undefined
         if (fcsBytes === 1) contentSize = header[p]!
         else if (fcsBytes === 2) contentSize = header.readUInt16LE(p) + 256
         else if (fcsBytes === 4) contentSize = header.readUInt32LE(p)
         else if (fcsBytes === 8) contentSize = Number(header.readBigUInt64LE(p))
+        if (singleSegment && contentSize! > MAX_WINDOW) throw this.error(`single-segment frame of ${contentSize} bytes exceeds the ${MAX_WINDOW}-byte window limit`)
         const start = q.position
         q.skip(size)
         this.frame = { start, out: this.out, checksum: ((fhd >> 2) & 1) === 1, contentSize }
@@ -321,7 +332,7 @@ export class ZstdDecoder extends Decoder {
         this.walker.checkEnd()
         return false
       }
-      const more = Math.max(0, (this.target - this.produced) * this.ratio)
+      const more = this.target > this.produced ? (this.target - this.produced) * this.ratio * 1.1 + 64 * 1024 : 0
       this.q.push(await this.chunks.piece(inEnd, this.index.compressed.size, 256 * 1024, more, signal))
       this.y.reset()
       if (this.produced > this.position) return true

@@ -3,11 +3,12 @@
  *
  * - gzip: Node's zlib at level 6 (what `gzip` does by default): one member, random access comes from the
  *   reader's checkpoint index.
- * - zstd: Node 20 has no zstd, so the `zstd` command (Debian package zstd) compresses each 4 MiB of the tar
+ * - zstd: Node 20 has no zstd, so the `zstd` command (Debian package zstd) compresses each 2 MiB of the tar
  *   as its own frame (level 3, content size and checksum in every frame header), and a seek table in the
  *   zstd seekable format closes the stream. Plain `zstd` writes one frame, which can only be read from the
- *   start; independent frames let a reader start at any 4 MiB boundary. Any zstd decoder reads the result
- *   (concatenated frames plus a skippable frame are standard zstd).
+ *   start; independent frames let a reader start at any 2 MiB boundary, so a read decodes at most 2 MiB more
+ *   than it returns. Any zstd decoder reads the result (concatenated frames plus a skippable frame are
+ *   standard zstd).
  */
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
@@ -22,7 +23,7 @@ import { CnaifsError } from '../util/errors.js'
 export type Compression = 'gzip' | 'zstd'
 
 /** Uncompressed bytes per zstd frame. */
-export const ZSTD_FRAME_BYTES = 4 * 1024 * 1024
+export const ZSTD_FRAME_BYTES = 2 * 1024 * 1024
 
 export interface CompressedBlob {
   digest: string

@@ -141,9 +141,14 @@ describe('metrics, status and prefetch', () => {
     await mount(ref, mp, cacheDir, ['--metrics-addr', `127.0.0.1:${port}`])
     const file = join(mp, 'model-00001-of-00002.safetensors')
     expect(await sha256File(file)).toBe(model.files['model-00001-of-00002.safetensors'].sha256)
-    const res = await fetch(`http://127.0.0.1:${port}/metrics`)
-    expect(res.status).toBe(200)
-    const text = await res.text()
+    // Blocks reach the disk after the read returns (the reader does not wait for fsync): poll, bounded.
+    let text = ''
+    await waitFor('blocks on disk', async () => {
+      const res = await fetch(`http://127.0.0.1:${port}/metrics`)
+      expect(res.status).toBe(200)
+      text = await res.text()
+      return /^cnaifs_cache_disk_bytes\{[^}]*\} ([0-9.e+]+)$/m.test(text) && Number(/^cnaifs_cache_disk_bytes\{[^}]*\} ([0-9.e+]+)$/m.exec(text)?.[1]) >= 3 * 1024 * 1024
+    })
     const value = (name: string) => {
       const line = text.split('\n').find((l) => l.startsWith(name + '{') || l.startsWith(name + ' '))
       expect(line, `${name} in\n${text.slice(0, 3000)}`).toBeDefined()

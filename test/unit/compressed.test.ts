@@ -213,6 +213,9 @@ describe('bad data', () => {
     await expect(open(blobs['t.frames.zst']!.subarray(0, 1_500_000), 'zstd')).rejects.toThrow(/truncated/)
     await expect(open(Buffer.from('not really gzip'))).rejects.toThrow(/not a gzip member/)
     await expect(open(Buffer.from('not really zstd'), 'zstd')).rejects.toThrow(/not a zstd frame/)
+    // A frame header asking for a 2 TiB window (fzstd would try to allocate it) is refused up front.
+    const hugeWindow = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xf8, 0x01, 0x00, 0x00])
+    await expect(open(hugeWindow, 'zstd')).rejects.toThrow(/window of \d+ bytes exceeds/)
   })
 
   it('a blob that does not match its digest is refused', async () => {

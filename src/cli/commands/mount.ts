@@ -3,11 +3,8 @@ import { accessSync, constants, existsSync, mkdirSync, openSync, readFileSync, s
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
-import { runMountDaemon } from '../../daemon/mount-daemon.js'
-import { clearStaleMount, isMounted } from '../../fuse/filesystem.js'
-import { BlockCache } from '../../cache/block-cache.js'
-import { Prefetcher } from '../../daemon/prefetch.js'
-import { openModel } from '../../index/open-model.js'
+// The daemon, FUSE addon, cache and metrics are loaded by the commands that use them (dynamic imports
+// below), so `cnaifs ls`, `cat` and `--help` start without them.
 import { formatReference, parseReference } from '../../registry/reference.js'
 import { CnaifsError, UsageError } from '../../util/errors.js'
 import { createLogger } from '../../util/log.js'
@@ -185,6 +182,7 @@ export function registerMountCommands(program: Command): void {
       }
       const log = createLogger(g.logLevel === 'warn' ? 'info' : g.logLevel)
       const ctx = await createContext(reference, g, opts, undefined, log)
+      const { runMountDaemon } = await import('../../daemon/mount-daemon.js')
       await runMountDaemon({ ref: ctx.ref, cacheDir: ctx.cacheDir, ...daemonOptions }, { client: ctx.client, store: ctx.store, log })
     })
 
@@ -196,6 +194,7 @@ export function registerMountCommands(program: Command): void {
     .action(async (mountpoint: string, opts: { lazy?: boolean }, cmd: Command) => {
       const abs = resolve(mountpoint)
       const cacheDir = globals(cmd).cacheDir ?? defaultCacheDir()
+      const { clearStaleMount, isMounted } = await import('../../fuse/filesystem.js')
       const control = ControlClient.forMount(cacheDir, abs)
       let pid: number | undefined
       if (control) {
@@ -256,6 +255,9 @@ export function registerMountCommands(program: Command): void {
         return
       }
       const ctx = await createContext(target, g, opts)
+      const [{ openModel }, { BlockCache }, { Prefetcher }] = await Promise.all([
+        import('../../index/open-model.js'), import('../../cache/block-cache.js'), import('../../daemon/prefetch.js'),
+      ])
       const model = await openModel(ctx.client, ctx.ref, { store: ctx.store, log: ctx.log, compressed: ctx.compressed.indexLayer })
       const cache = new BlockCache({ dir: join(ctx.cacheDir, 'blocks'), log: ctx.log })
       await cache.init()
