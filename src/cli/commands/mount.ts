@@ -144,7 +144,7 @@ export function registerMountCommands(program: Command): void {
     .option('--gid <gid>', 'show every file as owned by this gid')
     .option('--cache-max-size <size>', 'bound the disk block cache, e.g. 50G (least recently used blobs are evicted)')
     .option('--read-timeout <seconds>', 'a read the registry cannot serve fails with EIO after this long', '30')
-    .option('--memory-budget <size>', 'memory for cached blocks and prefetch, shared by all open files', '512M')
+    .option('--memory-budget <size>', 'memory for cached blocks and prefetch, shared by all open files', '256M')
     .option('--metrics-addr <[host:]port>', 'serve Prometheus metrics on this address (/metrics)')
     .addOption(new Option('--prefetch <mode>', 'prefetch after mounting: none, meta (configs and docs), all (then every weight file)').choices(['none', 'meta', 'all']).default('none'))
     .option('--prefetch-bandwidth <size>', 'cap prefetch at this many bytes per second, e.g. 200M')
@@ -161,7 +161,7 @@ export function registerMountCommands(program: Command): void {
       const daemonOptions = {
         mountpoint: abs,
         cacheMaxBytes: size(opts.cacheMaxSize, '--cache-max-size'),
-        memoryBudgetBytes: size(opts.memoryBudget, '--memory-budget') ?? 512 * 1024 * 1024,
+        memoryBudgetBytes: size(opts.memoryBudget, '--memory-budget') ?? 256 * 1024 * 1024,
         readTimeoutMs: readTimeoutSec * 1000,
         allowOther: Boolean(opts.allowOther),
         uid: int(opts.uid, '--uid'),
