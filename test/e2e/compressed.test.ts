@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import type {} from '../helpers/global-setup.js'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import {
-  cleanupTempDirs, describeResult, modelConfig, pushArtifact, runCli, seededBytes, sha256, tempDir, uniqueRepo,
+  cleanupTempDirs, describeResult, modelConfig, pushArtifact, runCli, seededBytes, sha256, textish, tempDir, uniqueRepo,
   type CliResult, type PushedArtifact,
 } from '../helpers/cli.js'
 
@@ -104,19 +104,6 @@ async function sh(script: string, cwd: string): Promise<void> {
   await execFileAsync('bash', ['-euo', 'pipefail', '-c', script], { cwd, maxBuffer: 64 * MiB })
 }
 
-/** Deterministic text-like bytes: deflate and zstd code them with Huffman tables and matches. */
-function textish(size: number, seed: string): Buffer {
-  const r = seededBytes(size, seed)
-  const words = ['tensor', 'layer', 'weight', 'bias', 'attention', 'mlp', 'norm', '0.125', '-3.5e-2', '\n']
-  const out = Buffer.alloc(size)
-  let p = 0
-  for (let i = 0; p < size; i++) {
-    const b = r[i % size]!
-    if (b < 96) out[p++] = 97 + (b % 26)
-    else for (const c of Buffer.from(words[b % words.length]! + ' ')) if (p < size) out[p++] = c
-  }
-  return out
-}
 
 /** Every regular file below `root` with its sha256, relative '/'-separated paths. */
 async function hashTree(root: string): Promise<Record<string, string>> {

@@ -17,6 +17,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest'
 import type {} from '../helpers/global-setup.js' // ProvidedContext typing for inject()
+import type { MountStatus } from '../../src/daemon/control.js'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import { freePort, startRegistry, type RegistryProcess } from '../helpers/registry.js'
 import {
@@ -89,15 +90,7 @@ async function proxyTo(url: string): Promise<FaultProxy> {
   return p
 }
 
-interface MountStatusJson {
-  reference: string
-  digest: string
-  mountpoint: string
-  pid: number
-  files: { path: string; size: number; cached: number }[]
-  cacheDiskBytes: number
-  metrics: Record<string, number>
-}
+type MountStatusJson = MountStatus
 
 /** A CLI bound to one cache dir, and the mounts it makes. */
 class Session {

@@ -143,6 +143,20 @@ export function seededBytes(size: number, seed: string | number): Buffer {
   return Buffer.concat([cipher.update(Buffer.alloc(size)), cipher.final()])
 }
 
+/** Deterministic bytes that deflate codes with Huffman tables and matches (not stored blocks). */
+export function textish(size: number, seed: string): Buffer {
+  const r = seededBytes(size, seed)
+  const words = ['tensor', 'layer', 'weight', 'bias', 'attention', 'mlp', 'norm', '0.125', '-3.5e-2', '\n']
+  const out = Buffer.alloc(size)
+  let p = 0
+  for (let i = 0; p < size; i++) {
+    const b = r[i % size]!
+    if (b < 96) out[p++] = 97 + (b % 26)
+    else for (const c of Buffer.from(words[b % words.length]! + ' ')) if (p < size) out[p++] = c
+  }
+  return out
+}
+
 export function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex')
 }

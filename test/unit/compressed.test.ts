@@ -18,7 +18,7 @@ import { buildCompressedIndex, openCompressedLayer, type CompressedFormat } from
 import { compressLayer } from '../../src/pack/compress.js'
 import { TarFormatError, walkTar, type TarEntry } from '../../src/index/tar.js'
 import { DigestMismatchError } from '../../src/util/errors.js'
-import { buildTar, seededBytes } from '../helpers/cli.js'
+import { buildTar, seededBytes, textish } from '../helpers/cli.js'
 
 const MiB = 1024 * 1024
 let work: string
@@ -27,19 +27,6 @@ function sh(script: string): void {
   execFileSync('bash', ['-euo', 'pipefail', '-c', script], { cwd: work, stdio: ['ignore', 'ignore', 'pipe'] })
 }
 
-/** Deterministic bytes that deflate codes with Huffman tables and matches (not stored blocks). */
-function textish(size: number, seed: string): Buffer {
-  const r = seededBytes(size, seed)
-  const words = ['tensor', 'layer', 'weight', 'bias', 'attention', 'mlp', 'norm', '0.125', '-3.5e-2', '\n']
-  const out = Buffer.alloc(size)
-  let p = 0
-  for (let i = 0; p < size; i++) {
-    const b = r[i % size]!
-    if (b < 96) out[p++] = 97 + (b % 26)
-    else for (const c of Buffer.from(words[b % words.length]! + ' ')) if (p < size) out[p++] = c
-  }
-  return out
-}
 
 function digestOf(b: Buffer): string {
   return 'sha256:' + createHash('sha256').update(b).digest('hex')
