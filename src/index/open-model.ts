@@ -2,7 +2,7 @@ import type { RegistryClient } from '../registry/client.js'
 import { DeadlineError, UnreachableError } from '../registry/errors.js'
 import { formatReference, type ImageReference } from '../registry/reference.js'
 import { parseModelManifest } from '../modelpack/manifest.js'
-import { resolveModel } from '../modelpack/resolve.js'
+import { resolveModel, type ResolvedModel } from '../modelpack/resolve.js'
 import type { ModelManifest } from '../modelpack/types.js'
 import { sha256Digest } from '../util/digest.js'
 import { CnaifsError } from '../util/errors.js'
@@ -33,6 +33,8 @@ export function layerBlob(model: Pick<OpenedModel, 'manifest' | 'layerViews'>, i
 }
 
 export interface OpenModelOptions {
+  /** The manifest, when the caller has already fetched it (saves a second manifest GET). */
+  resolved?: ResolvedModel
   store: IndexStore
   log?: Logger
   /** Use the persisted index when the registry cannot be reached (default true). */
@@ -61,7 +63,7 @@ export async function openModel(client: RegistryClient, ref: ImageReference, opt
   let manifest: ModelManifest
   let manifestBytes: Buffer
   try {
-    ({ manifest, manifestBytes } = await resolveModel(client, ref, options.signal))
+    ({ manifest, manifestBytes } = options.resolved ?? await resolveModel(client, ref, options.signal))
   } catch (err) {
     if (options.offline === false || !(err instanceof UnreachableError || err instanceof DeadlineError)) throw err
     const digest = ref.digest ?? (await options.store.loadRef(name))?.manifestDigest

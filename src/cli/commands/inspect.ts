@@ -9,12 +9,13 @@ import type { CommandContext } from '../context.js'
 import { table } from '../format.js'
 
 export async function inspectCommand(ctx: CommandContext, options: { json?: boolean }): Promise<void> {
-  const { manifest } = await resolveModel(ctx.client, ctx.ref)
+  const resolved = await resolveModel(ctx.client, ctx.ref)
+  const { manifest } = resolved
   const configBytes = await ctx.client.getBlob(ctx.ref, manifest.config.digest)
   const config = parseModelConfig(configBytes)
   let files: { count: number; bytes: number } | { unavailable: string }
   try {
-    const opened = await openModel(ctx.client, { ...ctx.ref, digest: manifest.digest }, { store: ctx.store, log: ctx.log, compressed: ctx.compressed.indexLayer })
+    const opened = await openModel(ctx.client, ctx.ref, { resolved, store: ctx.store, log: ctx.log, compressed: ctx.compressed.indexLayer })
     const s = opened.tree.stats()
     files = { count: s.files, bytes: s.bytes }
   } catch (err) {
