@@ -145,6 +145,8 @@ export class BlockCache {
   private readonly memory?: LRUCache<string, Buffer>
   /** Blocks whose disk write is in progress, so they stay readable if the memory tier drops them. */
   private readonly pending = new Map<string, Buffer>()
+  /** Deletions of torn block files still under way: a rewrite of the same block waits for them. */
+  private readonly removals = new Map<string, Promise<void>>()
   private readonly inflight = new Map<string, InFlightBlock>()
   private readonly blobs = new Map<string, BlobState>()
   private readonly corrupt = new Set<string>()
@@ -510,6 +512,7 @@ export class BlockCache {
     const generation = state.generation
     let written = false
     try {
+      await this.removals.get(this.key(state, n)) // else a late unlink of the torn file could delete this block
       await writeFileAtomic(state.dir, String(n), data)
       written = true
     } catch (err) {
@@ -716,7 +719,10 @@ export class BlockCache {
     for (const [n, length] of state.disk) {
       if (length === this.blockLength(size, n)) continue
       this.dropDiskBlock(state, n)
-      this.track(unlink(join(state.dir, String(n))).catch(() => undefined))
+      const key = this.key(state, n)
+      const removal = unlink(join(state.dir, String(n))).catch(() => undefined).finally(() => this.removals.delete(key))
+      this.removals.set(key, removal)
+      this.track(removal)
     }
     return true
   }
