@@ -1,6 +1,5 @@
 import { homedir } from 'node:os'
 import { join } from 'node:path'
-import { FileCredentialStore } from '../registry/credentials.js'
 import { RegistryClient, type RegistryObserver } from '../registry/client.js'
 import { parseReference, type ImageReference } from '../registry/reference.js'
 import { IndexStore } from '../index/store.js'
@@ -60,7 +59,7 @@ export async function createContext(reference: string, global: GlobalCliOptions,
   const timeoutMs = reg.requestTimeout ? Number(reg.requestTimeout) * 1000 : undefined
   if (timeoutMs !== undefined && !(timeoutMs > 0)) throw new UsageError(`--request-timeout must be a positive number of seconds`)
   const client = new RegistryClient({
-    credentials: new FileCredentialStore({ explicit }),
+    credentialSource: { explicit },
     plainHttp: reg.plainHttp,
     insecure: reg.insecure,
     caFile: reg.caFile,

@@ -5,14 +5,19 @@ import { sha256Digest } from '../util/digest.js'
 import { DigestMismatchError, errorMessage } from '../util/errors.js'
 import { silentLogger, type Logger } from '../util/log.js'
 import { Authenticator } from './auth.js'
-import type { CredentialStore } from './credentials.js'
+import { FileCredentialStore, type CredentialStore, type CredentialStoreOptions } from './credentials.js'
 import { AuthError, DeadlineError, NotFoundError, RegistryError, UnreachableError } from './errors.js'
 import { MANIFEST_ACCEPT } from './media-types.js'
 import { formatReference, manifestSelector, type ImageReference } from './reference.js'
 import { backoffMs, isTransientNetworkError, parseRetryAfter, sleepWithin } from './retry.js'
 
-export interface RegistryClientOptions {
-  credentials: CredentialStore
+/**
+ * The plain-data part of a client's options: a worker thread given the same config builds a client that
+ * talks to the same hosts with the same credentials (see cache/fetch-worker.ts).
+ */
+export interface RegistryClientConfig {
+  /** Where credentials come from (--username/--password-stdin, auth files); default: Docker's and podman's files. */
+  credentialSource?: CredentialStoreOptions
   /** Talk HTTP instead of HTTPS. Undefined means: HTTP for loopback hosts only (as Docker does), HTTPS otherwise. */
   plainHttp?: boolean
   /** Skip TLS certificate verification. */
@@ -25,8 +30,15 @@ export interface RegistryClientOptions {
   retries?: number
   /** Connections per origin: parallel ranged GETs need several. */
   connections?: number
+}
+
+export interface RegistryClientOptions extends RegistryClientConfig {
+  /** Overrides credentialSource (tests, or a store that is not file-based). */
+  credentials?: CredentialStore
   log?: Logger
   observer?: RegistryObserver
+  /** Told when a blob's redirect target is learned (url) or dropped (undefined), to share it with other clients. */
+  onRedirect?: (digest: string, url: string | undefined) => void
 }
 
 /** Hooks for metrics: every HTTP exchange with a registry or token service is reported here. */
@@ -48,6 +60,17 @@ export interface ReadOptions {
   /** Aborts retries and in-flight requests; a read deadline in the FUSE layer. */
   signal?: AbortSignal
 }
+
+export interface StreamOptions extends ReadOptions {
+  /**
+   * When the server ignores Range and sends the whole blob, pass every byte of it to the sink (blob
+   * positions outside the asked range included) instead of hanging up once the range has arrived.
+   */
+  keepExtra?: boolean
+}
+
+/** Receives blob bytes at their blob position; a returned Promise holds the stream back until it settles. */
+export type RangeSink = (chunk: Buffer, position: number) => void | Promise<void>
 
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const MAX_SMALL_BLOB_BYTES = 16 * 1024 * 1024
@@ -99,8 +122,15 @@ export class RegistryClient {
         ...(options.caFile ? { ca: readFileSync(options.caFile) } : {}),
       },
     })
-    this.auth = new Authenticator(options.credentials, this.dispatcher, this.log, (status) =>
+    const credentials = options.credentials ?? new FileCredentialStore(options.credentialSource)
+    this.auth = new Authenticator(credentials, this.dispatcher, this.log, (status) =>
       this.options.observer?.onResponse?.({ kind: 'token', status, bytes: 0, durationMs: 0 }))
+  }
+
+  /** The plain-data options this client was built from (for clients in worker threads). */
+  get config(): RegistryClientConfig {
+    const { credentialSource, plainHttp, insecure, caFile, requestTimeoutMs, retries, connections } = this.options
+    return { credentialSource, plainHttp, insecure, caFile, requestTimeoutMs, retries, connections }
   }
 
   async close(): Promise<void> {
@@ -159,26 +189,53 @@ export class RegistryClient {
   }
 
   /**
-   * Reads exactly `length` bytes at `offset` of a blob with `Range` requests. A body cut mid-way is resumed at
-   * the byte where it stopped; a server that ignores Range (200) is read past the prefix; a redirect target is
-   * remembered per blob until it fails. Never asks for a range at or past the blob's end: the caller knows
-   * the size from the manifest.
+   * Reads exactly `length` bytes at `offset` of a blob into one Buffer (see streamBlobRange for what is
+   * tolerated of servers). Never asks for a range at or past the blob's end: the caller knows the size.
    */
   async readBlobRange(ref: ImageReference, digest: string, offset: number, length: number, options: ReadOptions = {}): Promise<Buffer> {
     const out = Buffer.allocUnsafe(length)
     if (length === 0) return out
-    let filled = 0
+    const end = offset + length
+    await this.streamBlobRange(ref, digest, offset, length, (chunk, position) => {
+      // Only the asked range is kept; streamBlobRange delivers nothing outside it unless keepExtra is set.
+      const from = Math.max(position, offset)
+      const to = Math.min(position + chunk.length, end)
+      if (to > from) chunk.copy(out, from - offset, from - position, to - position)
+    }, options)
+    return out
+  }
+
+  /**
+   * Streams `length` bytes at `offset` of a blob to `sink` as they arrive, with `Range` requests: each chunk
+   * is passed with its blob position, in order, exactly once. What servers may do, and what is done:
+   * - 206 with a Content-Range that starts where asked: the body is the range.
+   * - 200 with a Content-Range (Dragonfly before 1.3.11 answers ranges so): a partial reply, treated as 206.
+   * - 200 without one: the server ignored Range and sends the whole blob. With `keepExtra` every byte of it is
+   *   passed to the sink (a pull-through cache filling itself would abort if we hung up early; the caller
+   *   stores the extra blocks); without, the bytes before and after the range are skipped and the connection
+   *   is closed once the range has arrived.
+   * - A body cut short is resumed at the byte where it stopped; a redirect target is remembered per blob
+   *   until it fails.
+   * Resolves once the response is consumed; the sink may return a Promise to hold the stream back.
+   */
+  async streamBlobRange(ref: ImageReference, digest: string, offset: number, length: number, sink: RangeSink, options: StreamOptions = {}): Promise<void> {
+    if (length === 0) return
+    const stop = offset + length
+    // Blob bytes already passed to the sink, so a resumed or repeated whole-blob response never passes a byte
+    // twice; `filled` is how much of the asked range they cover from its start (what a resume skips).
+    const passed = new IntervalSet()
+    const filled = (): number => passed.coveredFrom(offset, stop) - offset
     let attempt = 0
     const what = `blob ${digest.slice(0, 19)} range ${offset}+${length}`
     const registryUrl = `${this.baseUrl(ref)}/blobs/${digest}`
     const registryOrigin = new URL(registryUrl).origin
     let redirectHops = 0
-    while (filled < length) {
+    while (filled() < length) {
       if (options.signal?.aborted) throw new DeadlineError(`${what}: deadline exceeded`)
       const target = this.redirects.get(digest) ?? registryUrl
       const sameOrigin = new URL(target).origin === registryOrigin
-      const start = offset + filled
-      const end = offset + length - 1
+      const start = offset + filled()
+      const end = stop - 1
       const began = Date.now()
       let res: Dispatcher.ResponseData
       try {
@@ -191,7 +248,7 @@ export class RegistryClient {
         })
       } catch (err) {
         if (options.signal?.aborted) throw new DeadlineError(`${what}: deadline exceeded`)
-        if (target !== registryUrl) { this.redirects.delete(digest); continue }
+        if (target !== registryUrl) { this.forgetRedirect(digest); continue }
         attempt = await this.retryOrThrow(attempt, err, what, options.signal)
         continue
       }
@@ -199,7 +256,7 @@ export class RegistryClient {
       if (status >= 300 && status < 400 && header(res.headers, 'location')) {
         await res.body.dump()
         if (++redirectHops > 5) throw new RegistryError(`${what}: too many redirects`, status)
-        this.redirects.set(digest, new URL(header(res.headers, 'location') as string, target).toString())
+        this.rememberRedirect(digest, new URL(header(res.headers, 'location') as string, target).toString())
         continue
       }
       if (status === 401 && sameOrigin) {
@@ -212,7 +269,7 @@ export class RegistryClient {
       if (target !== registryUrl && status >= 400) {
         // The cached redirect expired or was refused: forget it and go back to the registry.
         await res.body.dump()
-        this.redirects.delete(digest)
+        this.forgetRedirect(digest)
         continue
       }
       if (status !== 206 && status !== 200) {
@@ -225,45 +282,63 @@ export class RegistryClient {
         }
         throw new RegistryError(`${what}: unexpected HTTP ${status}`, status)
       }
-      let skip = 0
-      if (status === 206) {
-        const cr = parseContentRange(header(res.headers, 'content-range'))
+      const contentRange = header(res.headers, 'content-range')
+      // Where the body starts in the blob: a partial reply names it; a 200 without Content-Range is the whole blob.
+      let position = 0
+      if (status === 206 || contentRange !== undefined) {
+        const cr = parseContentRange(contentRange)
         if (!cr || cr.start !== start || cr.end > end) {
           await res.body.dump()
-          throw new RegistryError(`${what}: bad Content-Range ${JSON.stringify(header(res.headers, 'content-range'))} for bytes=${start}-${end}`, status)
+          throw new RegistryError(`${what}: bad Content-Range ${JSON.stringify(contentRange)} for bytes=${start}-${end}`, status)
         }
-      } else {
-        skip = start // a 200 is the whole blob: discard the prefix
+        position = cr.start
       }
-      const before = filled
+      const keepExtra = status === 200 && contentRange === undefined && options.keepExtra === true
+      // What this response may pass to the sink: the asked range, or with keepExtra the whole blob.
+      const windowStart = keepExtra ? 0 : offset
+      const windowEnd = keepExtra ? Number.MAX_SAFE_INTEGER : stop
+      const before = filled()
+      let received = 0
       try {
         for await (const chunk of res.body as AsyncIterable<Buffer>) {
-          let c = chunk
-          if (skip > 0) {
-            if (c.length <= skip) { skip -= c.length; continue }
-            c = c.subarray(skip)
-            skip = 0
+          received += chunk.length
+          const chunkEnd = position + chunk.length
+          const from = Math.max(position, windowStart)
+          const to = Math.min(chunkEnd, windowEnd)
+          for (const [a, b] of passed.missing(from, to)) {
+            const pending = sink(slice(chunk, position, a, b), a)
+            if (pending) await pending
+            passed.add(a, b)
           }
-          const take = Math.min(c.length, length - filled)
-          c.copy(out, filled, 0, take)
-          filled += take
-          if (filled >= length) break
+          position = chunkEnd
+          if (!keepExtra && filled() >= length) break
         }
       } catch (err) {
-        this.report('blob', status, filled - before, began)
+        this.report('blob', status, received, began)
         if (options.signal?.aborted) throw new DeadlineError(`${what}: deadline exceeded`)
-        if (filled > before) attempt = 0 // progress was made: a cut body is resumed, not counted as a failure
+        if (filled() >= length) return // the asked range arrived; only the extra part was cut
+        if (filled() > before) attempt = 0 // progress was made: a cut body is resumed, not counted as a failure
         attempt = await this.retryOrThrow(attempt, err, what, options.signal)
         continue
       } finally {
-        if (filled >= length) res.body.destroy()
+        if (!keepExtra && filled() >= length) res.body.destroy()
       }
-      this.report('blob', status, filled - before, began)
-      if (filled < length && filled === before) {
+      this.report('blob', status, received, began)
+      if (filled() < length && filled() === before) {
         attempt = await this.retryOrThrow(attempt, new RegistryError(`${what}: empty body`, status), what, options.signal)
       }
     }
-    return out
+  }
+
+  /** A redirect target learned for a blob; `onRedirect` tells other clients sharing the cache. */
+  rememberRedirect(digest: string, url: string, notify = true): void {
+    this.redirects.set(digest, url)
+    if (notify) this.options.onRedirect?.(digest, url)
+  }
+
+  forgetRedirect(digest: string, notify = true): void {
+    if (!this.redirects.delete(digest)) return
+    if (notify) this.options.onRedirect?.(digest, undefined)
   }
 
   /** Monolithic upload (POST then PUT ?digest=); skipped when the registry already has the blob. */
@@ -363,6 +438,46 @@ export class RegistryClient {
   private report(kind: 'manifest' | 'blob' | 'upload', status: number, bytes: number, began: number): void {
     this.options.observer?.onResponse?.({ kind, status, bytes, durationMs: Date.now() - began })
   }
+}
+
+/** A few disjoint half-open intervals, merged as they are added (a read's delivered bytes: one or two). */
+class IntervalSet {
+  private spans: Array<[number, number]> = []
+
+  add(from: number, to: number): void {
+    if (to <= from) return
+    const out: Array<[number, number]> = []
+    for (const [a, b] of this.spans) {
+      if (b < from || a > to) out.push([a, b])
+      else { from = Math.min(from, a); to = Math.max(to, b) }
+    }
+    out.push([from, to])
+    this.spans = out.sort((x, y) => x[0] - y[0])
+  }
+
+  /** The parts of [from, to) not covered, in order. */
+  missing(from: number, to: number): Array<[number, number]> {
+    const out: Array<[number, number]> = []
+    let at = from
+    for (const [a, b] of this.spans) {
+      if (b <= at || a >= to) continue
+      if (a > at) out.push([at, a])
+      at = Math.max(at, b)
+    }
+    if (at < to) out.push([at, to])
+    return out
+  }
+
+  /** The end of the covered run that starts at `from` (`from` itself if it is not covered), at most `limit`. */
+  coveredFrom(from: number, limit: number): number {
+    for (const [a, b] of this.spans) if (a <= from && b > from) return Math.min(b, limit)
+    return from
+  }
+}
+
+/** Bytes [from, to) of the blob out of `chunk`, which starts at blob position `position`; no copy. */
+function slice(chunk: Buffer, position: number, from: number, to: number): Buffer {
+  return from === position && to === position + chunk.length ? chunk : chunk.subarray(from - position, to - position)
 }
 
 function scopeFor(ref: ImageReference, actions: string): string {
