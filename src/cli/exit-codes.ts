@@ -1,4 +1,4 @@
-import { CnaifsError } from '../util/errors.js'
+import { errorCodeOf, type ErrorCode } from '../util/errors.js'
 
 /** Exit codes, documented in the README. */
 export const EXIT = {
@@ -11,14 +11,32 @@ export const EXIT = {
   badData: 6,
 } as const
 
+/** How each error code ends a command. Exhaustive: a new code must be placed here to compile. */
+const EXIT_FOR: Record<ErrorCode, number> = {
+  EUSAGE: EXIT.usage,
+  EAUTH: EXIT.auth,
+  ENOTFOUND: EXIT.notFound,
+  EUNREACHABLE: EXIT.unreachable,
+  ETIMEDOUT: EXIT.unreachable,
+  EREGISTRY: EXIT.failure,
+  EFORMAT: EXIT.badData,
+  EDIGEST: EXIT.badData,
+  ECORRUPT: EXIT.badData,
+  EUNSUPPORTED: EXIT.badData,
+  EDECOMPRESS: EXIT.badData,
+  ENOSPC: EXIT.failure,
+  EIO: EXIT.failure,
+  EINVAL: EXIT.failure,
+  ECLOSED: EXIT.failure,
+  EINCOMPLETE: EXIT.failure,
+  EMOUNT: EXIT.failure,
+  ENOFUSE: EXIT.failure,
+  EBUSY: EXIT.failure,
+  EDAEMON: EXIT.failure,
+  EPREFETCH: EXIT.failure,
+}
+
 export function exitCodeFor(err: unknown): number {
-  if (!(err instanceof CnaifsError)) return EXIT.failure
-  switch (err.code) {
-    case 'EUSAGE': return EXIT.usage
-    case 'EAUTH': return EXIT.auth
-    case 'ENOTFOUND': return EXIT.notFound
-    case 'EUNREACHABLE': case 'ETIMEDOUT': return EXIT.unreachable
-    case 'EFORMAT': case 'EDIGEST': case 'ECORRUPT': case 'EUNSUPPORTED': case 'EDECOMPRESS': return EXIT.badData
-    default: return EXIT.failure
-  }
+  if (!(err instanceof Error) || !('code' in err)) return EXIT.failure
+  return EXIT_FOR[errorCodeOf(err)]
 }

@@ -1,7 +1,7 @@
 /**
  * What the commands and the daemon use: one object per process that indexes compressed layers for
- * openModel (the `compressed` hook), opens their views, and gives the block cache a fetcher that serves a
- * compressed layer's uncompressed key (its diffId) through the view and every other blob from the registry.
+ * openModel (the `compressed` hook), opens their views, and gives the cache a producer of each compressed
+ * layer's uncompressed content (stored under its diffId), read through the view.
  */
 import type { ModelLayer, ModelManifest } from '../modelpack/types.js'
 import { silentLogger, type Logger } from '../util/log.js'
@@ -12,8 +12,8 @@ import type { TarEntry } from '../index/tar.js'
 
 /** Reads bytes of a layer blob as stored (a ranged GET). */
 export type LayerBlobReader = (digest: string, offset: number, length: number, signal?: AbortSignal) => Promise<Buffer>
-/** Same shape as the block cache's BlobRangeFetcher (src/cache/types.ts), which this folder must not import. */
-export type RangeFetcher = (blob: BlobRef, offset: number, length: number, signal: AbortSignal) => Promise<Buffer>
+/** Reads bytes of a layer's uncompressed content (what the cache calls a produced source). */
+export type ContentProducer = (offset: number, length: number, signal: AbortSignal) => Promise<Buffer>
 
 export interface CompressedLayerInfo {
   entries: TarEntry[]
@@ -64,23 +64,19 @@ export class CompressedLayers {
   }
 
   /**
-   * A fetcher for the block cache: a blob whose digest is the diffId of one of the model's compressed layers
-   * is read through that layer's view; any other blob with `base`. (When the diffId is also the digest of an
-   * uncompressed layer of the model, that layer is read directly.)
+   * The uncompressed content of each compressed layer of the model, by the key the cache stores it under
+   * (its diffId): a reader of bytes of it, through the layer's view. A diffId that is also the digest of an
+   * uncompressed layer of the model is left out: that layer is read directly.
    */
-  fetcher(model: { manifest: ModelManifest; layerViews?: Record<number, BlobRef> }, base: RangeFetcher): RangeFetcher {
-    const byKey = new Map<string, ModelLayer>()
+  producers(model: { manifest: ModelManifest; layerViews?: Record<number, BlobRef> }): Map<string, ContentProducer> {
+    const out = new Map<string, ContentProducer>()
     const plain = new Set(model.manifest.layers.filter((l) => !compressedFormat(l)).map((l) => l.descriptor.digest))
     for (const [i, key] of Object.entries(model.layerViews ?? {})) {
       const layer = model.manifest.layers[Number(i)]
-      if (layer && !plain.has(key.digest)) byKey.set(key.digest, layer)
+      if (!layer || plain.has(key.digest)) continue
+      out.set(key.digest, async (offset, length, signal) => (await this.view(layer)).read(offset, length, signal))
     }
-    if (byKey.size === 0) return base
-    return async (blob, offset, length, signal) => {
-      const layer = byKey.get(blob.digest)
-      if (!layer) return base(blob, offset, length, signal)
-      return (await this.view(layer)).read(offset, length, signal)
-    }
+    return out
   }
 
   private open(layer: ModelLayer, read?: CompressedRangeReader): Promise<CheckpointView> {

@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto'
 import { mkdir, rm } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { join, resolve } from 'node:path'
-import type { BlockCache } from '../cache/block-cache.js'
-import type { FileContentReader } from '../cache/types.js'
+import type { BlobCache } from '../cache/blob-cache.js'
+import type { FileDataPath } from '../cache/types.js'
 import { layerBlob, type OpenedModel } from '../index/open-model.js'
 import type { FileNode } from '../index/tree.js'
 import { errorMessage } from '../util/errors.js'
@@ -16,8 +16,13 @@ export interface MountStatus {
   digest: string
   mountpoint: string
   pid: number
+  /** Which FUSE binding serves the mount: fuse3 (our libfuse 3 addon) or fuse-native (libfuse 2). */
+  binding: string
   files: { path: string; size: number; cached: number }[]
   cacheDiskBytes: number
+  /** False while writes into the cache fail (a full or failing disk: reads go on from memory and the registry). */
+  cacheWritable: boolean
+  cacheWriteFailures: number
   metrics: Record<string, number>
 }
 
@@ -29,8 +34,9 @@ export function controlSocketPath(cacheDir: string, mountpoint: string): string 
 
 interface ControlDeps {
   model: OpenedModel
-  reader: FileContentReader
-  cache: BlockCache
+  reader: FileDataPath
+  cache: BlobCache
+  binding: string
   metrics: DaemonMetrics
   prefetcher: Prefetcher
   reference: string
@@ -77,6 +83,7 @@ export class ControlServer {
 
   private async status(): Promise<MountStatus> {
     const { model, reader, cache } = this.deps
+    for (const l of model.manifest.layers) await cache.describe(layerBlob(model, l.index))
     const files: MountStatus['files'] = []
     const seen = new Set<FileNode>()
     for (const { path, node } of model.tree.walk()) {
@@ -94,7 +101,10 @@ export class ControlServer {
         metrics[key] = v.value
       }
     }
-    return { reference: this.deps.reference, digest: model.manifest.digest, mountpoint: this.mountpoint, pid: process.pid, files, cacheDiskBytes: cache.diskBytes(), metrics }
+    return {
+      reference: this.deps.reference, digest: model.manifest.digest, mountpoint: this.mountpoint, pid: process.pid, binding: this.deps.binding,
+      files, cacheDiskBytes: cache.diskBytes(), cacheWritable: cache.writable, cacheWriteFailures: cache.writeFailures, metrics,
+    }
   }
 
   /** Streams newline-delimited JSON progress: {done,total} lines, then {finished:true} or {error}. */

@@ -1,20 +1,21 @@
 import type { Server } from 'node:http'
-import { join } from 'node:path'
-import { BlockCache } from '../cache/block-cache.js'
-import { CachedFileReader } from '../cache/reader.js'
-import type { BlobRangeFetcher } from '../cache/types.js'
-import { ModelFilesystem, clearStaleMount } from '../fuse/filesystem.js'
-import { CompressedLayers } from '../compressed/layers.js'
-import { layerBlob, openModel } from '../index/open-model.js'
+import type { CompressedLayers } from '../compressed/layers.js'
+import { ModelFilesystem } from '../fuse/adapter.js'
+import type { FuseSession } from '../fuse/binding.js'
+import { clearStaleMount } from '../fuse/mount-table.js'
+import { loadBinding } from '../fuse/select-binding.js'
+import { layerBlob, openModel, type OpenedModel } from '../index/open-model.js'
 import type { IndexStore } from '../index/store.js'
 import type { RegistryClient } from '../registry/client.js'
 import { formatReference, type ImageReference } from '../registry/reference.js'
+import { DEFAULTS } from '../util/defaults.js'
 import { CnaifsError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
 import { ControlServer } from './control.js'
+import { openDataPath, type DataPath } from './data-path.js'
 import { DaemonMetrics } from './metrics.js'
 import { DaemonNotifier } from './notify.js'
-import { Prefetcher, type PrefetchMode } from './prefetch.js'
+import type { PrefetchMode } from './prefetch.js'
 
 export interface MountDaemonOptions {
   ref: ImageReference
@@ -34,47 +35,64 @@ export interface MountDaemonOptions {
 export interface MountDaemonDeps {
   client: RegistryClient
   store: IndexStore
+  compressed: CompressedLayers
   log: Logger
 }
 
+/** How long an unmount may take before the daemon gives up waiting and exits anyway. */
+const UNMOUNT_GRACE_MS = 5000
+
+/** The readiness document's states, in the order a mount goes through them. */
+export type MountState = 'mounted' | 'prefetching' | 'complete' | 'verified'
+
 /**
- * One mount's lifetime: open the model (index from cache or registry), mount, report ready, serve until a
- * signal, unmount cleanly. Everything the mount needs is built here, so `cnaifs mount --foreground` and the
- * systemd unit run exactly this.
+ * One mount's lifetime, and the composition root of a mount: open the model (index from cache or registry),
+ * wire the data path and FUSE, report ready, serve until a signal or until the mount goes away however it
+ * went (our unmount, `fusermount -u[z]`, `umount -l`, the kernel aborting the connection), then clean up.
+ * `cnaifs mount --foreground` and the systemd unit run exactly this.
  */
 export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDeps, notifier = new DaemonNotifier()): Promise<void> {
   const { client, store, log } = deps
   const name = formatReference(o.ref)
-  let fs: ModelFilesystem | undefined
+  let session: FuseSession | undefined
   let metricsServer: Server | undefined
   let control: ControlServer | undefined
-  let cache: BlockCache | undefined
+  let data: DataPath | undefined
+  const stop = stopSignals()
   try {
     await notifier.status(`resolving ${name}`)
     if (await clearStaleMount(o.mountpoint)) log.warn({ mountpoint: o.mountpoint }, 'cleared a stale mount left by a previous daemon')
-    // tar+gzip / tar+zstd layers: indexed once per blob; their files are read from the uncompressed content,
-    // keyed (and verified by the block cache) by diffId, through checkpointed decompression.
-    const compressed = new CompressedLayers({ cacheDir: o.cacheDir, read: (digest, offset, length, signal) => client.readBlobRange(o.ref, digest, offset, length, { signal }), log })
-    const model = await openModel(client, o.ref, { store, log, compressed: compressed.indexLayer, onLayerDone: (d, t) => void notifier.status(`indexing layers ${d}/${t}`) })
-    const layers = model.manifest.layers.map((l) => ({ ...layerBlob(model, l.index), mediaType: l.descriptor.mediaType }))
+    const model = await openModel(client, o.ref, {
+      store, log, compressed: deps.compressed.indexLayer, onLayerDone: (d, t) => void notifier.status(`indexing layers ${d}/${t}`),
+    })
+    const { binding, fallbackReason } = await loadBinding()
+    if (fallbackReason) log.warn({ reason: fallbackReason }, 'the libfuse 3 binding is not available: serving through fuse-native (libfuse 2)')
 
     let metrics: DaemonMetrics | undefined
-    cache = new BlockCache({
-      dir: join(o.cacheDir, 'blocks'),
-      memoryBytes: Math.max(16 * 1024 * 1024, Math.floor(o.memoryBudgetBytes / 2)),
-      maxDiskBytes: o.cacheMaxBytes,
-      log,
-      observer: {
-        onHit: (tier, bytes) => { metrics?.cacheHits.inc({ tier }); metrics?.cacheHitBytes.inc({ tier }, bytes) },
-        onMiss: () => metrics?.cacheMisses.inc(),
+    let fs: ModelFilesystem | undefined
+    data = await openDataPath({
+      cacheDir: o.cacheDir, client, compressed: deps.compressed, model, log,
+      cacheMaxBytes: o.cacheMaxBytes, memoryBudgetBytes: o.memoryBudgetBytes, readTimeoutMs: o.readTimeoutMs,
+      prefetchBandwidth: o.prefetchBandwidth,
+      foregroundBusy: () => (fs?.inFlightReads().count ?? 0) > 0,
+      cacheObserver: {
         onCorruptBlob: () => metrics?.corruptBlobs.inc(),
+        onChecked: (ok) => metrics?.cacheChecks.inc({ result: ok ? 'match' : 'mismatch' }),
+        onWriteError: () => metrics?.cacheWriteErrors.inc(),
+        registry: { onResponse: (info) => metrics?.registryObserver().onResponse?.(info) },
+      },
+      readerObserver: {
+        onRead: (hit, bytes) => {
+          if (hit) { metrics?.cacheHits.inc(); metrics?.cacheHitBytes.inc(bytes) } else metrics?.cacheMisses.inc()
+        },
       },
     })
-    await cache.init()
-    const fetch: BlobRangeFetcher = compressed.fetcher(model, (blob, offset, length, signal) => client.readBlobRange(o.ref, blob.digest, offset, length, { signal }))
-    const reader = new CachedFileReader({ cache, fetch, readTimeoutMs: o.readTimeoutMs, memoryBudgetBytes: Math.floor(o.memoryBudgetBytes / 2), log })
-    fs = new ModelFilesystem(o.mountpoint, {
-      tree: model.tree, layers, reader, uid: o.uid, gid: o.gid, allowOther: o.allowOther, log,
+    const dataPath = data
+    for (const l of model.manifest.layers) await dataPath.cache.describe(layerBlob(model, l.index))
+    let prefetching = false
+    fs = new ModelFilesystem({
+      tree: model.tree, layers: dataPath.layers, data: dataPath.reader, uid: o.uid, gid: o.gid, log,
+      status: () => statusDocument(model, dataPath, name, binding.name, prefetching),
       onOp: (op, ms, errno) => {
         if (op === 'read') metrics?.readLatency.observe(ms / 1000)
         if (errno) metrics?.fuseErrors.inc({ op, errno: String(errno) })
@@ -82,50 +100,88 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     })
     const mounted = fs
     metrics = new DaemonMetrics({ mount: o.mountpoint, reference: name }, {
-      inFlight: () => { const r = mounted.inFlightReads(); return { count: r.count, oldestMs: r.oldestMs, olderThan5s: r.olderThan5s } },
-      diskBytes: () => cache?.diskBytes() ?? 0,
-    })
-    // Registry counters are wired after construction: the client was built before the metrics existed.
-    deps.client.setObserver(metrics.registryObserver())
+      inFlight: () => mounted.inFlightReads(),
+      diskBytes: () => dataPath.cache.diskBytes(),
+      cacheWritable: () => dataPath.cache.writable,
+    }, binding.name)
+    client.setObserver(metrics.registryObserver())
     if (o.metricsAddr) metricsServer = await metrics.serve(o.metricsAddr)
 
-    await fs.mount()
-    // Prefetch yields while a process waits on a read: those get the bandwidth first.
-    const prefetcher = new Prefetcher({ model, cache, fetch, log, bandwidthBytesPerSec: o.prefetchBandwidth, foregroundBusy: () => mounted.inFlightReads().count > 0 })
-    control = new ControlServer(o.cacheDir, o.mountpoint, { model, reader, cache, metrics, prefetcher, reference: name })
+    session = await binding.mount(o.mountpoint, fs, {
+      fsname: `cnaifs:${name}`,
+      subtype: 'cnaifs',
+      allowOther: o.allowOther,
+      attrTimeoutS: DEFAULTS.fuse.cacheTimeoutS,
+      entryTimeoutS: DEFAULTS.fuse.cacheTimeoutS,
+      negativeTimeoutS: DEFAULTS.fuse.cacheTimeoutS,
+      readaheadBytes: DEFAULTS.fuse.readaheadBytes,
+      maxBackground: DEFAULTS.fuse.maxBackground,
+      congestionThreshold: DEFAULTS.fuse.congestionThreshold,
+      onUnexpected: (op, err) => log.error({ op, error: errorMessage(err) }, 'FUSE operation failed unexpectedly'),
+    })
+    control = new ControlServer(o.cacheDir, o.mountpoint, {
+      model, reader: dataPath.reader, cache: dataPath.cache, metrics, prefetcher: dataPath.prefetcher, reference: name, binding: binding.name,
+    })
     await control.listen()
-    log.info({ event: 'mount', reference: name, digest: model.manifest.digest, mountpoint: o.mountpoint, index: model.source }, 'mounted')
+    log.info({ event: 'mount', reference: name, digest: model.manifest.digest, mountpoint: o.mountpoint, index: model.source, binding: binding.name, maxRead: session.maxRead }, 'mounted')
     await notifier.ready({ mountpoint: o.mountpoint, digest: model.manifest.digest, index: model.source })
-    if (o.prefetch !== 'none') void prefetcher.run(o.prefetch).catch((err) => log.warn({ error: errorMessage(err) }, 'prefetch stopped'))
+    if (o.prefetch !== 'none') {
+      prefetching = true
+      void dataPath.prefetcher.run(o.prefetch)
+        .catch((err) => log.warn({ error: errorMessage(err) }, 'prefetch stopped'))
+        .finally(() => { prefetching = false })
+    }
 
-    await waitForSignal()
-    prefetcher.stop()
+    const why = await Promise.race([stop.signal, session.ended.then(() => 'the mount went away' as const)])
+    log.info({ event: 'stopping', reason: typeof why === 'string' ? why : `signal ${why}`, mountpoint: o.mountpoint }, 'stopping')
+    dataPath.prefetcher.stop()
     await notifier.stopping()
   } catch (err) {
     notifier.failed(errorMessage(err), err instanceof CnaifsError ? err.code : undefined)
     throw err
   } finally {
-    if (fs) {
-      await fs.unmount().catch((err) => log.error({ error: errorMessage(err), mountpoint: o.mountpoint }, 'unmount failed'))
+    stop.dispose()
+    if (session) {
+      const s = session
+      const unmounted = s.unmount().catch((err) => log.error({ error: errorMessage(err), mountpoint: o.mountpoint }, 'unmount failed'))
+      const late = await Promise.race([unmounted.then(() => false), sleep(UNMOUNT_GRACE_MS).then(() => true)])
+      if (late) log.error({ mountpoint: o.mountpoint, pendingRequests: s.pendingRequests() }, `unmount did not finish within ${UNMOUNT_GRACE_MS / 1000} s; exiting anyway`)
       log.info({ event: 'unmount', reference: name, mountpoint: o.mountpoint }, 'unmounted')
     }
     await control?.close()
     metricsServer?.close()
-    await cache?.close()
+    await data?.close()
     await client.close()
   }
 }
 
-function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const onSignal = (sig: NodeJS.Signals) => {
-      process.off('SIGINT', onSignal)
-      process.off('SIGTERM', onSignal)
-      process.off('SIGHUP', onSignal)
-      resolve(sig)
-    }
-    process.on('SIGINT', onSignal)
-    process.on('SIGTERM', onSignal)
-    process.on('SIGHUP', onSignal)
-  })
+/** The readiness document served at `.cnaifs/status` inside the mount. */
+function statusDocument(model: OpenedModel, data: DataPath, reference: string, binding: string, prefetching: boolean): object {
+  let bytesTotal = 0
+  let bytesCached = 0
+  let blobsVerified = 0
+  const blobs = model.manifest.layers.map((l) => layerBlob(model, l.index))
+  for (const b of blobs) {
+    bytesTotal += b.size
+    bytesCached += data.cache.cachedBytes(b, 0, b.size)
+    if (data.cache.isVerified(b)) blobsVerified++
+  }
+  const state: MountState = blobsVerified === blobs.length ? 'verified' : bytesCached === bytesTotal ? 'complete' : prefetching ? 'prefetching' : 'mounted'
+  return {
+    state, reference, digest: model.manifest.digest, bytesCached, bytesTotal, blobsVerified, blobsTotal: blobs.length,
+    binding, pid: process.pid, updatedAt: new Date().toISOString(),
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref())
+}
+
+/** SIGTERM, SIGINT and SIGHUP, the first of which stops the daemon. */
+function stopSignals(): { signal: Promise<NodeJS.Signals>; dispose(): void } {
+  let onSignal: (sig: NodeJS.Signals) => void = () => undefined
+  const signal = new Promise<NodeJS.Signals>((resolve) => { onSignal = resolve })
+  const sigs: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP']
+  for (const s of sigs) process.on(s, onSignal)
+  return { signal, dispose: () => { for (const s of sigs) process.off(s, onSignal) } }
 }

@@ -1,9 +1,10 @@
-import type { BlockCache } from '../cache/block-cache.js'
-import type { BlobRangeFetcher, BlobRef } from '../cache/types.js'
+import type { BlobCache } from '../cache/blob-cache.js'
+import type { BlobRef, BlobSource } from '../cache/types.js'
 import { layerBlob, type OpenedModel } from '../index/open-model.js'
 import type { FileNode } from '../index/tree.js'
 import type { ModelLayer } from '../modelpack/types.js'
-import { errorMessage } from '../util/errors.js'
+import { NotFoundError } from '../registry/errors.js'
+import { CnaifsError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 
@@ -19,8 +20,8 @@ export interface PrefetchRange {
 
 export interface PrefetcherOptions {
   model: OpenedModel
-  cache: BlockCache
-  fetch: BlobRangeFetcher
+  cache: BlobCache
+  sourceFor: (blob: BlobRef) => BlobSource
   log: Logger
   /** Cap on prefetch bandwidth (bytes/s); reads a process waits for are never capped. */
   bandwidthBytesPerSec?: number
@@ -35,8 +36,8 @@ const META_KINDS = new Set(['weight.config', 'doc', 'code'])
 
 /**
  * Fills the cache ahead of reads: `meta` brings weight.config and doc layers (small, read first by loaders);
- * `all` then every weight file, in parallel 8 MiB parts. Blob digests are checked by the cache as each blob
- * completes.
+ * `all` then every weight file, in parallel 8 MiB parts. Each finished blob is verified against its digest by
+ * the cache (a part that completes a blob waits for that).
  */
 export class Prefetcher {
   private stopped = false
@@ -63,7 +64,7 @@ export class Prefetcher {
     const seen = new Set<FileNode>()
     for (const p of paths) {
       const root = tree.lookup(p.replace(/^\/+/, ''))
-      if (!root) throw new Error(`${p}: no such file in the model`)
+      if (!root) throw new NotFoundError(`${p}: no such file in the model`)
       const nodes = root.kind === 'directory' ? [...tree.walk(root)].map((e) => e.node) : [root]
       for (const n of nodes) {
         if (n.kind !== 'file' || seen.has(n)) continue
@@ -89,11 +90,14 @@ export class Prefetcher {
         const part = parts[next++]
         while (this.o.foregroundBusy?.() && !this.stopped) await sleep(5)
         await this.throttle(started, done)
+        const lease = this.o.cache.lease(part.blob, this.o.sourceFor(part.blob))
         try {
-          await this.o.cache.getBlocks(part.blob, part.first, part.last, this.o.fetch, this.controller.signal)
+          await lease.blob.ensure(part.first, part.last, this.controller.signal)
         } catch (err) {
           if (this.stopped) return
-          throw new Error(`prefetch of ${part.label}: ${errorMessage(err)}`)
+          throw new CnaifsError('EPREFETCH', `prefetch of ${part.label}: ${errorMessage(err)}`, { cause: err })
+        } finally {
+          lease.release()
         }
         done += part.bytes
         onProgress?.(done, total)

@@ -34,6 +34,20 @@ export interface FuseAttr {
   atimeMs: number
   mtimeMs: number
   ctimeMs: number
+  /**
+   * How long the kernel may cache this node's attributes and name, overriding the mount's attr/entry
+   * timeouts (0 for a file whose content changes, such as the status document).
+   */
+  cacheTimeoutS?: number
+}
+
+/** What open() may answer instead of a bare handle. */
+export interface FuseOpenReply {
+  fh: number
+  /** Keep the page cache of earlier opens (default true: content is immutable). */
+  keepCache?: boolean
+  /** Bypass the page cache for this open (reads go to the filesystem as the program issues them). */
+  directIo?: boolean
 }
 
 export interface FuseDirEntry {
@@ -92,7 +106,7 @@ export interface FuseOps {
   getattr(ino: number): MaybePromise<FuseAttr>
   readlink(ino: number): MaybePromise<string>
   /** Opens a regular file read-only (the binding refuses write access with EROFS first); returns a handle > 0. */
-  open(ino: number, flags: number): MaybePromise<number>
+  open(ino: number, flags: number): MaybePromise<number | FuseOpenReply>
   /** Up to `length` bytes at `offset` (fewer only at end of file; an empty Buffer past it). */
   read(ino: number, fh: number, offset: number, length: number): MaybePromise<ReadReply>
   release(ino: number, fh: number): MaybePromise<void>

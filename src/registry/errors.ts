@@ -1,9 +1,9 @@
-import { CnaifsError } from '../util/errors.js'
+import { CnaifsError, type ErrorCode } from '../util/errors.js'
 
 /** The registry answered with a status we cannot use. */
 export class RegistryError extends CnaifsError {
   readonly status: number
-  constructor(message: string, status: number, code = 'EREGISTRY') {
+  constructor(message: string, status: number, code: ErrorCode = 'EREGISTRY') {
     super(code, message)
     this.status = status
   }

@@ -44,6 +44,8 @@ export interface Faults {
   failCount: number
   /** Retry-After header value sent with failStatus, if > 0. */
   retryAfterSeconds: number
+  /** Drop the Range header of blob GETs, so the registry sends the whole blob with a 200 (a pull-through cache's way). */
+  ignoreRange: boolean
 }
 
 export interface FaultProxy {
@@ -74,6 +76,7 @@ export const DEFAULT_FAULTS: Readonly<Faults> = Object.freeze({
   failStatus: 0,
   failCount: Infinity,
   retryAfterSeconds: 0,
+  ignoreRange: false,
 })
 
 const BLOB_PATH = /^\/v2\/.+\/blobs\/sha256:[a-f0-9]{64}$/
@@ -235,6 +238,7 @@ export async function startProxy(target: string, faults: Partial<Faults> = {}): 
     const headers: http.OutgoingHttpHeaders = {}
     for (const [k, v] of Object.entries(req.headers)) if (!drop.has(k) && v !== undefined) headers[k] = v
     headers.host = targetUrl.host
+    if (isBlobGet && current.ignoreRange) delete headers.range
 
     // Requests without a body can be replayed: Node's recommended remedy for the race where a pooled
     // keep-alive connection is closed by the registry (idle close, restart()) just as we reuse it.

@@ -1,6 +1,5 @@
-import { join } from 'node:path'
 import { Command, Option } from 'commander'
-import { BlockCache } from '../../cache/block-cache.js'
+import { BlobCache } from '../../cache/blob-cache.js'
 import { IndexStore, listIndexes } from '../../index/store.js'
 import { formatReference, parseReference } from '../../registry/reference.js'
 import { CnaifsError, UsageError } from '../../util/errors.js'
@@ -10,10 +9,11 @@ import { defaultCacheDir } from '../context.js'
 import { table } from '../format.js'
 import { globals } from '../options.js'
 
-async function openCache(cmd: Command): Promise<{ cacheDir: string; cache: BlockCache; store: IndexStore }> {
+async function openCache(cmd: Command): Promise<{ cacheDir: string; cache: BlobCache; store: IndexStore }> {
   const g = globals(cmd)
   const cacheDir = g.cacheDir ?? defaultCacheDir()
-  const cache = new BlockCache({ dir: join(cacheDir, 'blocks'), log: createLogger(g.logLevel ?? 'warn') })
+  // Cache upkeep never talks to a registry; one worker does the hashing of `verify`.
+  const cache = new BlobCache({ cacheDir, client: {}, workers: 1, log: createLogger(g.logLevel ?? 'warn') })
   await cache.init()
   return { cacheDir, cache, store: new IndexStore(cacheDir) }
 }
@@ -26,9 +26,11 @@ export function registerCacheCommands(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       const { cache, store } = await openCache(cmd)
-      const rows = (await listIndexes(store)).map((ix) => {
+      const indexes = await listIndexes(store)
+      for (const ix of indexes) for (const l of ix.layers) await cache.describe(l)
+      const rows = indexes.map((ix) => {
         const size = ix.layers.reduce((n, l) => n + l.size, 0)
-        const cached = ix.layers.reduce((n, l) => n + cache.cachedBytes({ digest: l.digest, size: l.size }, 0, l.size), 0)
+        const cached = ix.layers.reduce((n, l) => n + cache.cachedBytes(l, 0, l.size), 0)
         return { reference: ix.reference, digest: ix.manifestDigest, layers: ix.layers.length, size, cached }
       })
       await cache.close()
@@ -46,8 +48,9 @@ export function registerCacheCommands(program: Command): void {
       await cache.close()
       const total = blobs.reduce((n, b) => n + b.bytes, 0)
       if (blobs.length) {
-        process.stdout.write(table([['BLOB', 'BYTES', 'BLOCKS', 'COMPLETE', 'LAST ACCESS'],
-          ...blobs.map((b) => [b.digest, formatBytes(b.bytes), String(b.blocks), b.complete ? 'yes' : 'no', b.lastAccess.toISOString()])]) + '\n')
+        process.stdout.write(table([['BLOB', 'BYTES', 'SIZE', 'COMPLETE', 'VERIFIED', 'LAST ACCESS'],
+          ...blobs.map((b) => [b.digest, formatBytes(b.bytes), b.size === undefined ? '?' : formatBytes(b.size),
+            b.complete ? 'yes' : 'no', b.verified ? 'yes' : 'no', b.lastAccess.toISOString()])]) + '\n')
       }
       process.stdout.write(`total ${formatBytes(total)} (${total} bytes) in ${blobs.length} blobs under ${cacheDir}\n`)
     })
@@ -72,9 +75,9 @@ export function registerCacheCommands(program: Command): void {
       let bad = 0
       let checked = 0
       for (const b of await cache.listBlobs()) {
-        if (!b.complete) continue
+        if (!b.complete || b.size === undefined) continue
         checked++
-        if (!(await cache.verifyBlob({ digest: b.digest, size: b.bytes }))) {
+        if (!(await cache.verifyBlob({ digest: b.digest, size: b.size }))) {
           bad++
           await cache.removeBlob(b.digest)
           process.stdout.write(`BAD ${b.digest}: removed\n`)

@@ -6,7 +6,7 @@ import { Command, Option } from 'commander'
 // The daemon, FUSE addon, cache and metrics are loaded by the commands that use them (dynamic imports
 // below), so `cnaifs ls`, `cat` and `--help` start without them.
 import { formatReference, parseReference } from '../../registry/reference.js'
-import { CnaifsError, UsageError } from '../../util/errors.js'
+import { CnaifsError, UsageError, isErrorCode } from '../../util/errors.js'
 import { createLogger } from '../../util/log.js'
 import { ProgressBar, formatBytes, parseSize } from '../../util/progress.js'
 import { createContext, defaultCacheDir, type RegistryCliOptions } from '../context.js'
@@ -52,8 +52,8 @@ export function checkFuseAvailable(): void {
   } catch {
     throw new CnaifsError('ENOFUSE', 'FUSE is not available to this user: /dev/fuse is not readable and writable (add the user to the fuse group, or run as root)')
   }
-  if (process.getuid?.() !== 0 && !['/usr/bin/fusermount', '/bin/fusermount'].some((p) => existsSync(p))) {
-    throw new CnaifsError('ENOFUSE', 'fusermount is missing: install the fuse package (apt-get install fuse libfuse2)')
+  if (process.getuid?.() !== 0 && !['/usr/bin/fusermount3', '/bin/fusermount3', '/usr/bin/fusermount', '/bin/fusermount'].some((p) => existsSync(p))) {
+    throw new CnaifsError('ENOFUSE', 'fusermount is missing: install the fuse3 package (apt-get install fuse3)')
   }
 }
 
@@ -106,7 +106,7 @@ async function mountInBackground(args: string[], logFile: string, password: stri
   const code = await Promise.race([exited, new Promise<number>((ok) => setTimeout(() => ok(1), 3000).unref())])
   const detail = message?.error ?? lastLogError(logFile) ?? `the daemon exited with code ${code} before the mount was ready (log: ${logFile})`
   // The daemon's error code, so `cnaifs mount` exits as documented (4 not found, 5 unreachable, …).
-  throw new CnaifsError(message?.code ?? 'EMOUNT', detail)
+  throw new CnaifsError(isErrorCode(message?.code) ? message.code : 'EMOUNT', detail)
 }
 
 function lastLogError(logFile: string): string | undefined {
@@ -183,7 +183,9 @@ export function registerMountCommands(program: Command): void {
       const log = createLogger(g.logLevel === 'warn' ? 'info' : g.logLevel)
       const ctx = await createContext(reference, g, opts, undefined, log)
       const { runMountDaemon } = await import('../../daemon/mount-daemon.js')
-      await runMountDaemon({ ref: ctx.ref, cacheDir: ctx.cacheDir, ...daemonOptions }, { client: ctx.client, store: ctx.store, log })
+      await runMountDaemon({ ref: ctx.ref, cacheDir: ctx.cacheDir, ...daemonOptions }, { client: ctx.client, store: ctx.store, compressed: ctx.compressed, log })
+      // Nothing may keep a daemon whose mount is gone alive (a FUSE library thread, a stray timer).
+      process.exit(0)
     })
 
   program.command('unmount')
@@ -194,7 +196,7 @@ export function registerMountCommands(program: Command): void {
     .action(async (mountpoint: string, opts: { lazy?: boolean }, cmd: Command) => {
       const abs = resolve(mountpoint)
       const cacheDir = globals(cmd).cacheDir ?? defaultCacheDir()
-      const { clearStaleMount, isMounted } = await import('../../fuse/filesystem.js')
+      const { clearStaleMount, isMounted } = await import('../../fuse/mount-table.js')
       const control = ControlClient.forMount(cacheDir, abs)
       let pid: number | undefined
       if (control) {
@@ -255,18 +257,14 @@ export function registerMountCommands(program: Command): void {
         return
       }
       const ctx = await createContext(target, g, opts)
-      const [{ openModel }, { BlockCache }, { Prefetcher }] = await Promise.all([
-        import('../../index/open-model.js'), import('../../cache/block-cache.js'), import('../../daemon/prefetch.js'),
-      ])
+      const [{ openModel }, { openDataPath }] = await Promise.all([import('../../index/open-model.js'), import('../../daemon/data-path.js')])
       const model = await openModel(ctx.client, ctx.ref, { store: ctx.store, log: ctx.log, compressed: ctx.compressed.indexLayer })
-      const cache = new BlockCache({ dir: join(ctx.cacheDir, 'blocks'), log: ctx.log })
-      await cache.init()
+      const data = await openDataPath({ cacheDir: ctx.cacheDir, client: ctx.client, compressed: ctx.compressed, model, log: ctx.log })
       try {
-        const fetch = ctx.compressed.fetcher(model, (blob, o, l, signal) => ctx.client.readBlobRange(ctx.ref, blob.digest, o, l, { signal }))
-        const prefetcher = new Prefetcher({ model, cache, fetch, log: ctx.log })
-        await prefetcher.fill(paths.length ? prefetcher.rangesForPaths(paths) : prefetcher.rangesFor('all'), (d, t) => bar.update(d, t))
+        const p = data.prefetcher
+        await p.fill(paths.length ? p.rangesForPaths(paths) : p.rangesFor('all'), (d, t) => bar.update(d, t))
       } finally {
-        await cache.close()
+        await data.close()
         await ctx.client.close()
       }
       process.stdout.write(`prefetched ${formatReference(ctx.ref)} into ${ctx.cacheDir}\n`)

@@ -1,0 +1,162 @@
+/**
+ * Single-flight fetching of one blob's blocks: a missing block has at most one fetch (a "part": one ranged
+ * GET of consecutive blocks) in progress, and every reader that needs it waits for that block — not for the
+ * whole part — with its own deadline. A part is abandoned (its request aborted) only when every reader
+ * waiting on it has given up, so one reader's deadline never fails another's read, and a stalled request
+ * nobody waits for does not run forever.
+ */
+import { DeadlineError } from '../registry/errors.js'
+import { CnaifsError } from '../util/errors.js'
+import type { RunningJob } from './fetch-pool.js'
+import type { FetchPurpose } from './worker-protocol.js'
+
+interface Waiter {
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+interface Part {
+  first: number
+  last: number
+  job?: RunningJob
+  /** Readers (and prefetches) counting on this part; at zero it is abandoned. */
+  waiters: number
+  blockWaiters: Map<number, Waiter[]>
+  settled: boolean
+}
+
+/** A part started by fetch(): `settled` resolves (never rejects) when its request is over. */
+export interface StartedPart {
+  first: number
+  last: number
+  settled: Promise<void>
+}
+
+/** Starts the job that fetches blocks [first, last]; it reports blocks through BlockFetcher.landed(). */
+export type PartStarter = (first: number, last: number, purpose: FetchPurpose) => RunningJob
+
+export class BlockFetcher {
+  /** The part each in-flight block belongs to. */
+  private readonly parts = new Map<number, Part>()
+  private readonly running = new Set<Part>()
+
+  constructor(private readonly digest: string, private readonly start: PartStarter) {}
+
+  isInFlight(n: number): boolean {
+    return this.parts.has(n)
+  }
+
+  /** Parts in progress (a pinned blob is never evicted). */
+  get active(): number {
+    return this.running.size
+  }
+
+  /**
+   * Starts fetching the given blocks (ascending, none in flight): runs of consecutive blocks, each split into
+   * parts of at most `maxBlocks`. Returns the parts started, each settling when its request is over.
+   */
+  fetch(blocks: number[], maxBlocks: number, purpose: FetchPurpose): StartedPart[] {
+    const started: StartedPart[] = []
+    let i = 0
+    while (i < blocks.length) {
+      let j = i
+      while (j + 1 < blocks.length && blocks[j + 1] === blocks[j]! + 1 && j + 1 - i < maxBlocks) j++
+      started.push(this.startPart(blocks[i]!, blocks[j]!, purpose))
+      i = j + 1
+    }
+    return started
+  }
+
+  /**
+   * Waits until block `n` lands (or its part fails). Resolves at once if no part is fetching it (the caller
+   * looks at the block's state again). Rejects with DeadlineError when `signal` fires.
+   */
+  waitFor(n: number, signal: AbortSignal): Promise<void> {
+    const part = this.parts.get(n)
+    if (!part) return Promise.resolve()
+    if (signal.aborted) return Promise.reject(this.deadline(n))
+    part.waiters++
+    return new Promise<void>((resolve, reject) => {
+      const list = part.blockWaiters.get(n) ?? []
+      part.blockWaiters.set(n, list)
+      const leave = (): void => {
+        signal.removeEventListener('abort', onAbort)
+        part.waiters--
+      }
+      const waiter: Waiter = {
+        resolve: () => { leave(); resolve() },
+        reject: (err) => { leave(); reject(err) },
+      }
+      const onAbort = (): void => {
+        const at = list.indexOf(waiter)
+        if (at >= 0) list.splice(at, 1)
+        leave()
+        if (part.waiters === 0 && !part.settled) this.abandon(part)
+        reject(this.deadline(n))
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      list.push(waiter)
+    })
+  }
+
+  /** Keeps a part alive until `signal` fires, without waiting for it (prefetch). */
+  hold(n: number, signal: AbortSignal): void {
+    this.waitFor(n, signal).catch(() => undefined)
+  }
+
+  /** Block `n` arrived (from whichever part: a server that sent the whole blob delivers others' blocks too). */
+  landed(n: number): void {
+    const part = this.parts.get(n)
+    if (!part) return
+    const list = part.blockWaiters.get(n)
+    part.blockWaiters.delete(n)
+    this.parts.delete(n)
+    for (const w of list ?? []) w.resolve()
+  }
+
+  /** Fails every waiter and aborts every part (the blob turned out corrupt, or the cache is closing). */
+  failAll(err: Error): void {
+    for (const part of [...this.running]) {
+      this.abandon(part)
+      this.finish(part, err)
+    }
+  }
+
+  private startPart(first: number, last: number, purpose: FetchPurpose): StartedPart {
+    const part: Part = { first, last, waiters: 0, blockWaiters: new Map(), settled: false }
+    for (let n = first; n <= last; n++) this.parts.set(n, part)
+    this.running.add(part)
+    let done: Promise<void>
+    try {
+      part.job = this.start(first, last, purpose)
+      done = part.job.done
+    } catch (err) {
+      done = Promise.reject(err)
+    }
+    const settled = done.then(
+      () => this.finish(part, new CnaifsError('EIO', `fetch of blob ${this.digest} blocks ${first}-${last} ended without them`)),
+      (err: Error) => this.finish(part, err),
+    )
+    return { first, last, settled }
+  }
+
+  /** The part is over: blocks it did not deliver fail their waiters (they may try again). */
+  private finish(part: Part, err: Error): void {
+    if (part.settled) return
+    part.settled = true
+    this.running.delete(part)
+    for (let n = part.first; n <= part.last; n++) if (this.parts.get(n) === part) this.parts.delete(n)
+    for (const list of part.blockWaiters.values()) for (const w of list) w.reject(err)
+    part.blockWaiters.clear()
+  }
+
+  /** Nobody waits any more: stop handing the part to new readers and cancel its request. */
+  private abandon(part: Part): void {
+    for (let n = part.first; n <= part.last; n++) if (this.parts.get(n) === part) this.parts.delete(n)
+    part.job?.abort()
+  }
+
+  private deadline(n: number): DeadlineError {
+    return new DeadlineError(`read of blob ${this.digest} block ${n}: deadline exceeded`)
+  }
+}
