@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises'
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, afterEach, describe, expect, inject, it } from 'vitest'
@@ -17,7 +17,7 @@ import { RegistryClient } from '../../src/registry/client.js'
 import { parseReference } from '../../src/registry/reference.js'
 import { sha256Digest } from '../../src/util/digest.js'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
-import { cleanupTempDirs, seededBytes, tempDir, uniqueRepo } from '../helpers/cli.js'
+import { REPO_ROOT, cleanupTempDirs, seededBytes, tempDir, uniqueRepo } from '../helpers/cli.js'
 
 const execFileAsync = promisify(execFile)
 const reg = inject('registry')
@@ -288,6 +288,36 @@ describe('blob cache and file reader against a real registry', () => {
     expect(second.proxy.blobRequests().map((r) => r.range)).toEqual([`bytes=${MiB}-${2 * MiB - 1}`])
     expect(await exists(join(cacheDir, 'blobs', hex.slice(0, 2), `${hex}.map.tmp-999999-abc`))).toBe(false)
   })
+
+  it('a reader killed in the middle of block writes: at the next start the durable blocks are used, the rest fetched again, every byte right', async () => {
+    const data = randomBytes(48 * MiB)
+    const { blob, repo } = await pushBlob(data)
+    const cacheDir = await tempDir('cnaifs-blobcache-')
+    const proxy = await startProxy(reg.url)
+    proxies.push(proxy)
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'test/helpers/cache-reader-child.mjs'), cacheDir, proxy.host, repo, blob.digest, String(blob.size), String(16 * MiB)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const exited = new Promise((r) => child.once('exit', r))
+    let out = ''
+    child.stdout!.on('data', (c: Buffer) => { out += c.toString() })
+    try {
+      await waitFor(() => out.includes('durable'), 90_000)
+      // Slow the rest down so that the kill lands while blocks are being written.
+      proxy.set({ bandwidthBytesPerSec: 4 * MiB })
+      const at = proxy.blobBytes()
+      await waitFor(() => proxy.blobBytes() > at + 3 * MiB, 90_000)
+    } finally {
+      child.kill('SIGKILL')
+      await exited
+    }
+    expect(out).not.toContain('done')
+    proxy.set({ bandwidthBytesPerSec: 0 })
+    proxy.reset()
+    const h = await harness(repo, { cacheDir, proxy })
+    expect((await readAll(h.reader, { blob, offset: 0, size: blob.size })).equals(data)).toBe(true)
+    // The first 16 MiB were recorded durable before the kill: never fetched again.
+    expect(h.proxy.blobBytes()).toBeLessThanOrEqual(blob.size - 16 * MiB)
+    expect(h.proxy.blobRequests().every((r) => Number(/bytes=(\d+)-/.exec(r.range ?? '')?.[1]) >= 16 * MiB)).toBe(true)
+  }, 240_000)
 
   it('evicts whole blobs, least recently used first, never one that is open', async () => {
     const a = await pushBlob(randomBytes(4 * MiB))
