@@ -22,6 +22,10 @@ interface Part {
   /** Readers (and prefetches) counting on this part; at zero it is abandoned. */
   waiters: number
   blockWaiters: Map<number, Waiter[]>
+  /** Readers waiting for the part's bytes to be written up to a position (before their block is complete). */
+  positionWaiters: Array<{ position: number; waiter: Waiter }>
+  /** The part's range is in the data file from its start up to this blob position. */
+  reached: number
   settled: boolean
 }
 
@@ -32,15 +36,23 @@ export interface StartedPart {
   settled: Promise<void>
 }
 
-/** Starts the job that fetches blocks [first, last]; it reports blocks through BlockFetcher.landed(). */
-export type PartStarter = (first: number, last: number, purpose: FetchPurpose) => RunningJob
+/**
+ * Starts the job that fetches blocks [first, last]; it reports blocks through BlockFetcher.landed() and how far
+ * its range is written through `onReached`.
+ */
+export type PartStarter = (first: number, last: number, purpose: FetchPurpose, onReached: (at: number) => void) => RunningJob
 
 export class BlockFetcher {
   /** The part each in-flight block belongs to. */
   private readonly parts = new Map<number, Part>()
   private readonly running = new Set<Part>()
 
-  constructor(private readonly digest: string, private readonly start: PartStarter) {}
+  constructor(private readonly digest: string, private readonly blockSize: number, private readonly start: PartStarter) {}
+
+  /** How far the part fetching block `n` has written its range (its start if nothing yet); undefined if none. */
+  reachedFor(n: number): number | undefined {
+    return this.parts.get(n)?.reached
+  }
 
   isInFlight(n: number): boolean {
     return this.parts.has(n)
@@ -71,31 +83,42 @@ export class BlockFetcher {
    * Waits until block `n` lands (or its part fails). Resolves at once if no part is fetching it (the caller
    * looks at the block's state again). Rejects with DeadlineError when `signal` fires.
    */
-  waitFor(n: number, signal: AbortSignal): Promise<void> {
+  waitFor(n: number, signal: AbortSignal, until?: number): Promise<void> {
     const part = this.parts.get(n)
     if (!part) return Promise.resolve()
+    if (until !== undefined && part.reached >= until) return Promise.resolve()
     if (signal.aborted) return Promise.reject(this.deadline(n))
     part.waiters++
     return new Promise<void>((resolve, reject) => {
       const list = part.blockWaiters.get(n) ?? []
       part.blockWaiters.set(n, list)
-      const leave = (): void => {
+      let done = false
+      const leave = (): boolean => {
+        if (done) return false
+        done = true
         signal.removeEventListener('abort', onAbort)
         part.waiters--
-      }
-      const waiter: Waiter = {
-        resolve: () => { leave(); resolve() },
-        reject: (err) => { leave(); reject(err) },
-      }
-      const onAbort = (): void => {
         const at = list.indexOf(waiter)
         if (at >= 0) list.splice(at, 1)
-        leave()
+        const pw = part.positionWaiters.findIndex((p) => p.waiter === waiter)
+        if (pw >= 0) part.positionWaiters.splice(pw, 1)
+        return true
+      }
+      const waiter: Waiter = {
+        resolve: () => { if (leave()) resolve() },
+        reject: (err) => { if (leave()) reject(err) },
+      }
+      const onAbort = (): void => {
+        if (!leave()) return
         if (part.waiters === 0 && !part.settled) this.abandon(part)
         reject(this.deadline(n))
       }
       signal.addEventListener('abort', onAbort, { once: true })
       list.push(waiter)
+      if (until !== undefined && part.job?.watch) {
+        part.positionWaiters.push({ position: until, waiter })
+        part.job.watch(until)
+      }
     })
   }
 
@@ -111,7 +134,13 @@ export class BlockFetcher {
     const list = part.blockWaiters.get(n)
     part.blockWaiters.delete(n)
     this.parts.delete(n)
-    for (const w of list ?? []) w.resolve()
+    for (const w of [...(list ?? [])]) w.resolve()
+  }
+
+  private reachedAt(part: Part, at: number): void {
+    if (at <= part.reached) return
+    part.reached = at
+    for (const p of part.positionWaiters.filter((w) => w.position <= at)) p.waiter.resolve()
   }
 
   /** Fails every waiter and aborts every part (the blob turned out corrupt, or the cache is closing). */
@@ -123,12 +152,12 @@ export class BlockFetcher {
   }
 
   private startPart(first: number, last: number, purpose: FetchPurpose): StartedPart {
-    const part: Part = { first, last, waiters: 0, blockWaiters: new Map(), settled: false }
+    const part: Part = { first, last, waiters: 0, blockWaiters: new Map(), positionWaiters: [], reached: first * this.blockSize, settled: false }
     for (let n = first; n <= last; n++) this.parts.set(n, part)
     this.running.add(part)
     let done: Promise<void>
     try {
-      part.job = this.start(first, last, purpose)
+      part.job = this.start(first, last, purpose, (at) => this.reachedAt(part, at))
       done = part.job.done
     } catch (err) {
       done = Promise.reject(err)
@@ -146,8 +175,9 @@ export class BlockFetcher {
     part.settled = true
     this.running.delete(part)
     for (let n = part.first; n <= part.last; n++) if (this.parts.get(n) === part) this.parts.delete(n)
-    for (const list of part.blockWaiters.values()) for (const w of list) w.reject(err)
+    for (const list of [...part.blockWaiters.values()]) for (const w of [...list]) w.reject(err)
     part.blockWaiters.clear()
+    part.positionWaiters = []
   }
 
   /** Nobody waits any more: stop handing the part to new readers and cancel its request. */

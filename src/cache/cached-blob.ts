@@ -75,7 +75,7 @@ export class CachedBlob {
   constructor(readonly ref: BlobRef, readonly hex: string, private readonly deps: BlobDeps, scannedBytes = 0) {
     this.paths = deps.store.paths(hex)
     this.diskBytes = scannedBytes
-    this.fetcher = new BlockFetcher(ref.digest, (first, last, purpose) => this.startPart(first, last, purpose))
+    this.fetcher = new BlockFetcher(ref.digest, deps.blockSize, (first, last, purpose, onReached) => this.startPart(first, last, purpose, onReached))
   }
 
   get loaded(): boolean {
@@ -158,7 +158,13 @@ export class CachedBlob {
    * and checking the ones found on disk. Rejects with DeadlineError when `signal` fires, CorruptBlobError if
    * the blob failed verification, or the fetch's own error.
    */
-  ensure(first: number, last: number, signal: AbortSignal): Promise<void> {
+  /**
+   * With `bytes` (the blob range a read needs, within blocks first..last) a block being fetched counts as
+   * soon as the bytes the read needs of it are in the data file, before the whole block has arrived: a 4 KiB
+   * random read then waits for its 4 KiB, not for the 1 MiB block. Not for a blob of one block, which is never
+   * served before it is verified.
+   */
+  ensure(first: number, last: number, signal: AbortSignal, bytes?: { start: number; stop: number }): Promise<void> {
     try {
       this.assertUsable()
     } catch (err) {
@@ -166,11 +172,11 @@ export class CachedBlob {
     }
     // When loaded, the first round below runs before this returns: the read's missing blocks are claimed
     // (fetches started) before the caller starts any read-ahead, so read-ahead never fetches them twice.
-    if (this.loaded) return this.ensureLoaded(first, last, signal)
-    return raceSignal(this.load(), signal, () => this.deadline(first, last)).then(() => this.ensureLoaded(first, last, signal))
+    if (this.loaded) return this.ensureLoaded(first, last, signal, bytes)
+    return raceSignal(this.load(), signal, () => this.deadline(first, last)).then(() => this.ensureLoaded(first, last, signal, bytes))
   }
 
-  private async ensureLoaded(first: number, last: number, signal: AbortSignal): Promise<void> {
+  private async ensureLoaded(first: number, last: number, signal: AbortSignal, bytes?: { start: number; stop: number }): Promise<void> {
     const map = this.map as BlockMap
     // Waiters leave their parts as soon as this read gives up, whatever the reason.
     const local = new AbortController()
@@ -182,13 +188,20 @@ export class CachedBlob {
         const waits: Promise<void>[] = []
         const missing: number[] = []
         const unchecked: number[] = []
+        const B = this.deps.blockSize
         for (let n = first; n <= last; n++) {
           const state = map.state(n)
           if (state === BlockState.Ready) continue
           if (state === BlockState.OnDisk) { unchecked.push(n); continue }
           if (this.deps.memory.has(this.hex, n)) continue
-          if (this.fetcher.isInFlight(n)) waits.push(this.fetcher.waitFor(n, local.signal))
-          else missing.push(n)
+          const until = bytes && map.blockCount > 1 ? Math.min(bytes.stop, (n + 1) * B) : undefined
+          if (this.fetcher.isInFlight(n)) {
+            const reached = this.fetcher.reachedFor(n)
+            if (until !== undefined && reached !== undefined && reached >= until) continue
+            waits.push(this.fetcher.waitFor(n, local.signal, until))
+          } else {
+            missing.push(n)
+          }
         }
         if (!waits.length && !missing.length && !unchecked.length) {
           if (!this.awaitingVerification()) return
@@ -198,7 +211,10 @@ export class CachedBlob {
         }
         if (missing.length) {
           this.startFetch(missing)
-          for (const n of missing) waits.push(this.fetcher.waitFor(n, local.signal))
+          for (const n of missing) {
+            const until = bytes && map.blockCount > 1 ? Math.min(bytes.stop, (n + 1) * B) : undefined
+            waits.push(this.fetcher.waitFor(n, local.signal, until))
+          }
         }
         if (unchecked.length) waits.push(raceSignal(this.check(unchecked), local.signal, () => this.deadline(first, last)))
         await Promise.all(waits)
@@ -328,7 +344,7 @@ export class CachedBlob {
     return this.fetcher.fetch(blocks, this.deps.fetchPartBlocks, purpose)
   }
 
-  private startPart(first: number, last: number, purpose: FetchPurpose): RunningJob {
+  private startPart(first: number, last: number, purpose: FetchPurpose, onReached: (at: number) => void): RunningJob {
     const source = this.source
     if (!source) throw new CnaifsError('EINVAL', `blob ${this.ref.digest} has no source to fetch from`)
     const B = this.deps.blockSize
@@ -338,7 +354,7 @@ export class CachedBlob {
     if (source.kind === 'registry') {
       return this.deps.pool.fetch({
         reference: source.reference, digest: this.ref.digest, blobSize: this.ref.size, offset, length, path: this.paths.data, purpose,
-      }, onLanded)
+      }, onLanded, onReached)
     }
     const controller = new AbortController()
     const done = source.produce(offset, length, controller.signal).then((data) => {

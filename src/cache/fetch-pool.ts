@@ -40,7 +40,12 @@ export interface FetchRequest {
 export interface RunningJob {
   readonly done: Promise<void>
   abort(): void
+  /** Asks to hear (through the job's onReached) once its range is written up to `position`. */
+  watch?(position: number): void
 }
+
+/** A fetch's range is in the data file from its start up to `at`. */
+export type ReachedHandler = (at: number) => void
 
 interface Pending {
   worker: PoolWorker
@@ -48,6 +53,7 @@ interface Pending {
   resolve: (value: FromWorker) => void
   reject: (err: Error) => void
   onLanded?: LandedHandler
+  onReached?: ReachedHandler
 }
 
 interface PoolWorker {
@@ -87,11 +93,18 @@ export class FetchPool {
   }
 
   /** A ranged GET into the data file; `onLanded` hears each block as it lands (extra blocks included). */
-  fetch(r: FetchRequest, onLanded: LandedHandler): RunningJob {
+  fetch(r: FetchRequest, onLanded: LandedHandler, onReached?: ReachedHandler): RunningJob {
     const worker = this.leastBusy()
     const id = this.nextId++
     const done = this.run(worker, { t: 'fetch', id, ...r }, r.length, onLanded).then(() => undefined)
-    return { done, abort: () => { if (this.pending.has(id)) worker.thread.postMessage({ t: 'abort', id } satisfies ToWorker) } }
+    const p = this.pending.get(id)
+    if (p) p.onReached = onReached
+    const live = (): boolean => this.pending.has(id)
+    return {
+      done,
+      abort: () => { if (live()) worker.thread.postMessage({ t: 'abort', id } satisfies ToWorker) },
+      watch: (position) => { if (live()) worker.thread.postMessage({ t: 'watch', id, position } satisfies ToWorker) },
+    }
   }
 
   /** Writes bytes made here (block-aligned) into the data file; the Buffer is handed over, not copied. */
@@ -166,6 +179,7 @@ export class FetchPool {
         }
         return
       }
+      case 'reached': this.pending.get(m.id)?.onReached?.(m.at); return
       case 'done': this.settle(m.id, { value: m }); return
       case 'checked': this.settle(m.id, { value: m }); return
       case 'prefixed': this.settle(m.id, { value: m }); return

@@ -61,7 +61,7 @@ class DataFiles {
 }
 
 const files = new DataFiles()
-const jobs = new Map<number, AbortController>()
+const jobs = new Map<number, { controller: AbortController; assembler: BlockAssembler }>()
 /** Running sha256 of blobs being verified, by digest: bytes [0, at) of the data file are hashed. */
 const prefixes = new Map<string, { hash: Hash; at: number }>()
 /** For reading blocks back (checks, running hashes, the rare re-hash of a block that arrived out of order). */
@@ -106,8 +106,21 @@ interface BlockInProgress {
 class BlockAssembler {
   private readonly blocks = new Map<number, BlockInProgress>()
   private diskFailed = false
+  /** The asked range is in the data file from its start up to here. */
+  private reached: number
+  /** Positions the main thread waits for (a reader of bytes before the block is complete), ascending. */
+  private watches: number[] = []
 
-  constructor(private readonly id: number, private readonly path: string, private readonly blobSize: number) {}
+  constructor(private readonly id: number, private readonly path: string, private readonly blobSize: number, start: number) {
+    this.reached = start
+  }
+
+  /** Reports once the range is written up to `position` (at once if it already is). */
+  watch(position: number): void {
+    if (position <= this.reached) { post({ t: 'reached', id: this.id, at: this.reached }); return }
+    this.watches.push(position)
+    this.watches.sort((a, b) => a - b)
+  }
 
   add(chunk: Buffer, position: number): void {
     let at = position
@@ -131,7 +144,13 @@ class BlockAssembler {
       b = { hash: within === 0 ? createHash('sha256') : undefined, hashedTo: 0, got: 0 }
       this.blocks.set(n, b)
     }
-    this.store(b, n, part, within, length)
+    if (this.store(b, n, part, within, length) && n * BLOCK + within === this.reached) {
+      this.reached += part.length
+      if (this.watches.length && this.watches[0]! <= this.reached) {
+        this.watches = this.watches.filter((w) => w > this.reached)
+        post({ t: 'reached', id: this.id, at: this.reached })
+      }
+    }
     if (b.hash && within === b.hashedTo) {
       b.hash.update(part)
       b.hashedTo += part.length
@@ -149,11 +168,11 @@ class BlockAssembler {
    * Writes a part into the data file; once the disk refused a write, blocks collect their bytes in memory
    * instead. A block is landed "on disk" only if every one of its writes succeeded.
    */
-  private store(b: BlockInProgress, n: number, part: Buffer, within: number, length: number): void {
+  private store(b: BlockInProgress, n: number, part: Buffer, within: number, length: number): boolean {
     if (!b.memory && !b.lost && !this.diskFailed) {
       try {
         writeAll(files.fd(this.path), part, n * BLOCK + within)
-        return
+        return true
       } catch (err) {
         this.diskFailed = true
         post({ t: 'write-error', path: this.path, error: toWire(err) })
@@ -163,6 +182,7 @@ class BlockAssembler {
     }
     if (!b.memory && !b.lost) this.toMemory(b, n, length)
     if (b.memory) part.copy(b.memory, within)
+    return false
   }
 
   /**
@@ -204,8 +224,8 @@ class BlockAssembler {
 
 async function fetchJob(m: Extract<ToWorker, { t: 'fetch' }>): Promise<void> {
   const controller = new AbortController()
-  jobs.set(m.id, controller)
-  const assembler = new BlockAssembler(m.id, m.path, m.blobSize)
+  const assembler = new BlockAssembler(m.id, m.path, m.blobSize, m.offset)
+  jobs.set(m.id, { controller, assembler })
   try {
     await client.streamBlobRange(m.reference, m.digest, m.offset, m.length, (chunk, position) => assembler.add(chunk, position), {
       signal: controller.signal,
@@ -222,7 +242,7 @@ async function fetchJob(m: Extract<ToWorker, { t: 'fetch' }>): Promise<void> {
 function storeJob(m: Extract<ToWorker, { t: 'store' }>): void {
   try {
     const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength)
-    new BlockAssembler(m.id, m.path, m.blobSize).add(data, m.offset)
+    new BlockAssembler(m.id, m.path, m.blobSize, m.offset).add(data, m.offset)
     post({ t: 'done', id: m.id })
   } catch (err) {
     post({ t: 'failed', id: m.id, error: toWire(err) })
@@ -284,7 +304,8 @@ port.on('message', (m: ToWorker) => {
     case 'store': storeJob(m); break
     case 'check': checkJob(m); break
     case 'prefix': prefixJob(m); break
-    case 'abort': jobs.get(m.id)?.abort(); break
+    case 'abort': jobs.get(m.id)?.controller.abort(); break
+    case 'watch': jobs.get(m.id)?.assembler.watch(m.position); break
     case 'forget': files.forget(m.path); prefixes.delete(m.digest); break
     case 'redirect':
       if (m.url) client.rememberRedirect(m.digest, m.url, false)

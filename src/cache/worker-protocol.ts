@@ -24,6 +24,8 @@ export type ToWorker =
   /** Extend this worker's running sha256 of the blob up to byte `to` (reading the data file). */
   | { t: 'prefix'; id: number; digest: string; path: string; blobSize: number; to: number }
   | { t: 'abort'; id: number }
+  /** Tell when the fetch has written its range contiguously up to `position` (a reader waits for those bytes). */
+  | { t: 'watch'; id: number; position: number }
   /** The blob's files are gone or about to be: close its fds and drop its running hash. */
   | { t: 'forget'; path: string; digest: string }
   /** A redirect target another worker learned (or dropped). */
@@ -36,6 +38,8 @@ export type FromWorker =
    */
   | { t: 'landed'; id: number; first: number; digests: Uint8Array; memory?: Uint8Array }
   | { t: 'done'; id: number }
+  /** The fetch's range is in the data file from its start up to `at` (answers a watch). */
+  | { t: 'reached'; id: number; at: number }
   | { t: 'failed'; id: number; error: WireError }
   | { t: 'checked'; id: number; ok: Uint8Array }
   /** The running hash covers [0, at); `digest` is set when it reached the blob's end. */
