@@ -15,6 +15,8 @@ import { ControlServer } from './control.js'
 import { DaemonMetrics } from './metrics.js'
 import { DaemonNotifier } from './notify.js'
 import { Prefetcher, type PrefetchMode } from './prefetch.js'
+import { registerDaemon, type Registration } from './runtime-registry.js'
+import { tightenCacheDir } from '../util/cache-permissions.js'
 
 export interface MountDaemonOptions {
   ref: ImageReference
@@ -29,6 +31,8 @@ export interface MountDaemonOptions {
   metricsAddr?: string
   prefetch: PrefetchMode
   prefetchBandwidth?: number
+  /** Where this daemon's log goes (a file, "journal", "stderr"), for the runtime registry. */
+  logTarget?: string
 }
 
 export interface MountDaemonDeps {
@@ -49,7 +53,9 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
   let metricsServer: Server | undefined
   let control: ControlServer | undefined
   let cache: BlockCache | undefined
+  let registration: Registration | undefined
   try {
+    await tightenCacheDir(o.cacheDir, log)
     await notifier.status(`resolving ${name}`)
     if (await clearStaleMount(o.mountpoint)) log.warn({ mountpoint: o.mountpoint }, 'cleared a stale mount left by a previous daemon')
     // tar+gzip / tar+zstd layers: indexed once per blob; their files are read from the uncompressed content,
@@ -94,6 +100,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     const prefetcher = new Prefetcher({ model, cache, fetch, log, bandwidthBytesPerSec: o.prefetchBandwidth, foregroundBusy: () => mounted.inFlightReads().count > 0 })
     control = new ControlServer(o.cacheDir, o.mountpoint, { model, reader, cache, metrics, prefetcher, reference: name })
     await control.listen()
+    registration = await registerDaemon({ mountpoint: o.mountpoint, controlSocket: control.path, cacheDir: o.cacheDir, reference: name, digest: model.manifest.digest, log: o.logTarget ?? 'stderr' })
     log.info({ event: 'mount', reference: name, digest: model.manifest.digest, mountpoint: o.mountpoint, index: model.source }, 'mounted')
     await notifier.ready({ mountpoint: o.mountpoint, digest: model.manifest.digest, index: model.source })
     if (o.prefetch !== 'none') void prefetcher.run(o.prefetch).catch((err) => log.warn({ error: errorMessage(err) }, 'prefetch stopped'))
@@ -113,6 +120,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     metricsServer?.close()
     await cache?.close()
     await client.close()
+    await registration?.remove()
   }
 }
 
