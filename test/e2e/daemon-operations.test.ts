@@ -15,6 +15,7 @@ import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import { REPO_ROOT, cleanupTempDirs, describeResult, makeModelDir, pushModelDir, runCli, sha256File, tempDir, uniqueRepo, type ModelDir } from '../helpers/cli.js'
 import { entryPath, isSameProcess, processStartTime } from '../../src/daemon/runtime-registry.js'
 import { IndexStore } from '../../src/index/store.js'
+import { parseMountOptions } from '../../src/cli/mount-options.js'
 
 const execFileAsync = promisify(execFile)
 const registry = inject('registry')
@@ -250,6 +251,18 @@ describe('mount(8)', () => {
     const un = await runCli(['unmount', mp], { timeoutMs: 30_000 })
     expect(un.code, describeResult(un)).toBe(0)
     expect(await isMounted(mp)).toBe(false)
+  })
+
+  it('the example .mount unit passes systemd-analyze verify, and its Options are valid cnaifs mount options', async () => {
+    const text = await readFile(join(REPO_ROOT, 'systemd', 'mnt-models-llama.mount'), 'utf8')
+    expect(text).toMatch(/^Type=fuse\.cnaifs$/m)
+    expect(text).toMatch(/^Where=\/mnt\/models\/llama$/m)
+    const options = /^Options=(.*)$/m.exec(text)?.[1]
+    expect(parseMountOptions([options!])).toMatchObject({ command: { allowOther: true, cacheMaxSize: '50G', prefetch: 'meta', readTimeout: '30' }, global: { cacheDir: '/var/lib/cnaifs' } })
+    const dir = await tempDir('cnaifs-unit-')
+    await writeFile(join(dir, 'mnt-models-llama.mount'), text)
+    const { stdout, stderr } = await execFileAsync('systemd-analyze', ['verify', '--man=no', join(dir, 'mnt-models-llama.mount')])
+    expect(stdout + stderr).toBe('')
   })
 
   it('the -f (fake) flag and unknown options: nothing mounted, one clear line', async () => {

@@ -149,7 +149,7 @@ export function registerMountCommands(program: Command): void {
     .option('--metrics-addr <[host:]port>', 'serve Prometheus metrics on this address (/metrics)')
     .addOption(new Option('--prefetch <mode>', 'prefetch after mounting: none, meta (configs and docs), all (then every weight file)').choices(['none', 'meta', 'all']).default('none'))
     .option('--prefetch-bandwidth <size>', 'cap prefetch at this many bytes per second, e.g. 200M')
-    .option('--log-file <path>', 'log file of the background daemon (default: <cache-dir>/logs/<mount>.log)')
+    .option('--log-file <path>', 'log file of the background daemon (default: the journal when stderr is the journal, else /var/log/cnaifs/mount-<mount point>.log as root, $XDG_STATE_HOME/cnaifs/logs/… otherwise; $CNAIFS_LOG_DIR overrides the directory)')
     .option('--ready-timeout <seconds>', 'how long to wait for the daemon to be ready', '300')
     .option('-o, --options <list>', 'mount options as mount(8) writes them: key=value,… for any option above (allow_other,cache_max_size=50G,…); repeatable', (v: string, prev: string[] = []) => [...prev, v]))
     .action(async (reference: string, mountpoint: string, flagOpts: MountCliOptions, cmd: Command) => {
