@@ -55,7 +55,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
   let cache: BlockCache | undefined
   let registration: Registration | undefined
   try {
-    await tightenCacheDir(o.cacheDir, log)
+    await tightenCacheDir(o.cacheDir, log).catch((err) => log.warn({ cacheDir: o.cacheDir, error: errorMessage(err) }, 'could not make the cache private'))
     await notifier.status(`resolving ${name}`)
     if (await clearStaleMount(o.mountpoint)) log.warn({ mountpoint: o.mountpoint }, 'cleared a stale mount left by a previous daemon')
     // tar+gzip / tar+zstd layers: indexed once per blob; their files are read from the uncompressed content,
@@ -100,7 +100,9 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     const prefetcher = new Prefetcher({ model, cache, fetch, log, bandwidthBytesPerSec: o.prefetchBandwidth, foregroundBusy: () => mounted.inFlightReads().count > 0 })
     control = new ControlServer(o.cacheDir, o.mountpoint, { model, reader, cache, metrics, prefetcher, reference: name })
     await control.listen()
+    // Without an entry the mount still serves; status/unmount then need the --cache-dir it was made with.
     registration = await registerDaemon({ mountpoint: o.mountpoint, controlSocket: control.path, cacheDir: o.cacheDir, reference: name, digest: model.manifest.digest, log: o.logTarget ?? 'stderr' })
+      .catch((err) => { log.warn({ error: errorMessage(err) }, 'could not register in the runtime registry'); return undefined })
     log.info({ event: 'mount', reference: name, digest: model.manifest.digest, mountpoint: o.mountpoint, index: model.source }, 'mounted')
     await notifier.ready({ mountpoint: o.mountpoint, digest: model.manifest.digest, index: model.source })
     if (o.prefetch !== 'none') void prefetcher.run(o.prefetch).catch((err) => log.warn({ error: errorMessage(err) }, 'prefetch stopped'))

@@ -11,7 +11,7 @@ import { createLogger } from '../../util/log.js'
 import { ProgressBar, parseSize } from '../../util/progress.js'
 import { createContext, defaultCacheDir, type RegistryCliOptions } from '../context.js'
 import { addRegistryOptions, globals } from '../options.js'
-import { daemonLogTarget, describeLogTarget, openDaemonLog, type LogTarget } from '../log-location.js'
+import { daemonLogTarget, describeLogTarget, openDaemonLog, stderrIsJournal, type LogTarget } from '../log-location.js'
 import { applyMountOptions, refuseIfServed } from '../mount-command-options.js'
 import { locateDaemon } from './daemon-lookup.js'
 
@@ -173,7 +173,7 @@ export function registerMountCommands(program: Command): void {
         metricsAddr: opts.metricsAddr,
         prefetch: opts.prefetch,
         prefetchBandwidth: size(opts.prefetchBandwidth, '--prefetch-bandwidth'),
-        logTarget: process.env.CNAIFS_LOG_TARGET ?? 'stderr',
+        logTarget: process.env.CNAIFS_LOG_TARGET ?? (stderrIsJournal() ? 'journal' : 'stderr'),
       }
       if (!opts.foreground) {
         const cacheDir = g.cacheDir ?? defaultCacheDir()
