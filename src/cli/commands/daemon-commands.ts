@@ -18,7 +18,7 @@ export function registerDaemonCommands(program: Command): void {
     .alias('umount')
     .description('unmount a cnaifs mount: stops its daemon and waits for it to exit (clears a stale mount left by a killed daemon)')
     .argument('<mountpoint>', 'the mount point')
-    .option('-z, --lazy', 'detach even if files are open (fusermount -uz); the daemon exits once they are closed')
+    .option('-z, --lazy', 'detach even if files are open (fusermount -uz), then stop the daemon (reads of files still open then fail)')
     .option('--timeout <seconds>', 'how long to wait for the daemon to exit', UNMOUNT_TIMEOUT_SECONDS)
     .action(async (mountpoint: string, opts: { lazy?: boolean; timeout: string }, cmd: Command) => {
       const abs = resolve(mountpoint)
