@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process'
 import { resolve } from 'node:path'
 import type { Command } from 'commander'
 import { waitForExit } from '../../daemon/runtime-registry.js'
-import { CnaifsError, UsageError } from '../../util/errors.js'
+import { CnaifsError, UsageError, errorMessage } from '../../util/errors.js'
 import { formatBytes } from '../../util/progress.js'
 import { defaultCacheDir } from '../context.js'
 import { table } from '../format.js'
@@ -63,7 +63,10 @@ export function registerDaemonCommands(program: Command): void {
       const abs = resolve(mountpoint)
       const located = await locateDaemon(abs, globals(cmd).cacheDir ?? defaultCacheDir())
       if (!located) throw new UsageError(`${abs}: no cnaifs daemon serves this mount point`)
-      const s = await located.control.status().finally(() => located.control.close())
+      const s = await located.control.status().catch((err: unknown) => {
+        const who = located.entry ? `its daemon (pid ${located.entry.pid})` : 'its daemon'
+        throw new CnaifsError('EDAEMON', `${abs}: ${who} does not answer on ${located.control.socketPath} (${errorMessage(err)})`)
+      }).finally(() => located.control.close())
       const status = { ...s, ...(located.entry ? { cacheDir: located.entry.cacheDir, log: located.entry.log, startedAt: located.entry.startedAt } : {}) }
       if (opts.json) { process.stdout.write(JSON.stringify(status, null, 2) + '\n'); return }
       const cachedTotal = s.files.reduce((n, f) => n + f.cached, 0)
