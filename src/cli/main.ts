@@ -10,6 +10,7 @@ import { lsCommand } from './commands/ls.js'
 import { pushCommand } from './commands/push.js'
 import { PACK_FORMATS } from '../pack/push.js'
 import { registerMountCommands } from './commands/mount.js'
+import { registerDaemonCommands } from './commands/daemon-commands.js'
 import { registerCacheCommands } from './commands/cache.js'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -22,7 +23,11 @@ export function buildProgram(): Command {
     .version(pkg.version)
     .option('--cache-dir <dir>', `cache directory for indexes and blocks (default: ${defaultCacheDir()})`)
     .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('warn'))
+    .option('-d, --debug', 'the same as --log-level debug')
     .showHelpAfterError()
+    .hook('preAction', (top) => {
+      if (top.getOptionValue('debug')) top.setOptionValueWithSource('logLevel', 'debug', 'cli')
+    })
 
   addRegistryOptions(program.command('inspect')
     .description('show the model: name, family, format, parameters, layers, file count and size')
@@ -54,7 +59,7 @@ export function buildProgram(): Command {
     .description('pack a directory as a ModelPack artifact (one file per layer, as modctl does) and push it')
     .argument('<dir>', 'directory holding the model files')
     .argument('<ref>', 'image reference to push to')
-    .addOption(new Option('--format <format>', 'layer format (tar+gzip: gzip -6; tar+zstd: zstd frames of 4 MiB with a seek table, needs the zstd command)').choices(PACK_FORMATS).default('raw'))
+    .addOption(new Option('--format <format>', 'layer format (tar+gzip: gzip -6; tar+zstd: zstd frames of 2 MiB with a seek table, needs the zstd command)').choices(PACK_FORMATS).default('raw'))
     .option('--legacy', 'write the legacy vnd.cnai media types and annotations')
     .option('--name <name>', 'model name for the config (default: last part of the repository)')
     .option('--no-progress', 'no progress bar'))
@@ -63,6 +68,7 @@ export function buildProgram(): Command {
     })
 
   registerMountCommands(program)
+  registerDaemonCommands(program)
   registerCacheCommands(program)
   return program
 }

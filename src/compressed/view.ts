@@ -6,6 +6,7 @@
  */
 import type { TarEntry } from '../index/tar.js'
 import { silentLogger, type Logger } from '../util/log.js'
+import { describeInvalid } from '../util/stored.js'
 import { VerifiedChunks } from './chunks.js'
 import type { Decoder } from './decoder.js'
 import { shortDigest } from './errors.js'
@@ -178,8 +179,13 @@ export interface OpenedCompressedLayer {
 export async function openCompressedLayer(o: OpenCompressedOptions): Promise<OpenedCompressedLayer> {
   const store = new CompressedIndexStore(o.cacheDir)
   const log = o.log ?? silentLogger()
-  let index = await store.load(o.blob.digest)
-  if (index && (index.format !== o.format || index.compressed.size !== o.blob.size)) index = undefined
+  const stored = await store.read(o.blob.digest)
+  let index = stored.state === 'ok' ? stored.value : undefined
+  if (index && (index.format !== o.format || index.compressed.size !== o.blob.size)) {
+    log.warn({ blob: o.blob.digest, file: stored.path }, `the compressed index ${stored.path} is for a ${index.format} blob of ${index.compressed.size} bytes, not this ${o.format} layer of ${o.blob.size}: rebuilding it`)
+    index = undefined
+  }
+  if (stored.state === 'invalid') log.warn({ blob: o.blob.digest, file: stored.path, reason: stored.reason }, `${describeInvalid('the compressed index', stored)}: rebuilding it from the registry`)
   let built = false
   if (!index) {
     const r = await buildCompressedIndex(store, o)

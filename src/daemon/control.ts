@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { mkdir, rm } from 'node:fs/promises'
+import { chmod, mkdir, rm } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { join, resolve } from 'node:path'
 import type { BlobCache } from '../cache/blob-cache.js'
@@ -59,6 +59,7 @@ export class ControlServer {
       this.server?.once('error', fail)
       this.server?.listen(this.path, () => ok())
     })
+    await chmod(this.path, 0o600) // only the daemon's user may ask it anything (the directory is 0700 too)
   }
 
   async close(): Promise<void> {

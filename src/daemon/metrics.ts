@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { RegistryObserver } from '../registry/client.js'
+import { logHealth } from '../util/log-destination.js'
 
 export interface MetricsSamples {
   inFlight: () => { count: number; oldestMs: number; olderThan5s: number }
@@ -28,6 +29,7 @@ export class DaemonMetrics {
   readonly cacheWritable: Gauge
   readonly corruptBlobs: Counter
   readonly fuseErrors: Counter
+  readonly logDroppedLines: Gauge
 
   constructor(labels: { mount: string; reference: string }, sample: MetricsSamples, binding: string) {
     this.registry.setDefaultLabels(labels)
@@ -49,6 +51,7 @@ export class DaemonMetrics {
     })
     this.readsInFlight = new Gauge({ name: 'cnaifs_reads_in_flight', help: 'FUSE reads being served now', registers: r, collect() { this.set(sample.inFlight().count) } })
     this.readsHung = new Gauge({ name: 'cnaifs_reads_older_than_5s', help: 'FUSE reads in flight for more than 5 s (hung I/O)', registers: r, collect() { this.set(sample.inFlight().olderThan5s) } })
+    this.logDroppedLines = new Gauge({ name: 'cnaifs_log_dropped_lines', help: 'Log lines dropped since start because the log could not be written (full or failing disk)', registers: r, collect() { this.set(logHealth().droppedLines) } })
     this.cacheDiskBytes = new Gauge({ name: 'cnaifs_cache_disk_bytes', help: 'Bytes of blocks in the disk cache', registers: r, collect() { this.set(sample.diskBytes()) } })
     new Gauge({ name: 'cnaifs_mount_info', help: 'Always 1; labels say which FUSE binding serves the mount', labelNames: ['binding'], registers: r }).set({ binding }, 1)
   }

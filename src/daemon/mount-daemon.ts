@@ -16,6 +16,8 @@ import { openDataPath, type DataPath } from './data-path.js'
 import { DaemonMetrics } from './metrics.js'
 import { DaemonNotifier } from './notify.js'
 import type { PrefetchMode } from './prefetch.js'
+import { registerDaemon, type Registration } from './runtime-registry.js'
+import { tightenCacheDir } from '../util/cache-permissions.js'
 
 export interface MountDaemonOptions {
   ref: ImageReference
@@ -30,6 +32,8 @@ export interface MountDaemonOptions {
   metricsAddr?: string
   prefetch: PrefetchMode
   prefetchBandwidth?: number
+  /** Where this daemon's log goes (a file, "journal", "stderr"), for the runtime registry. */
+  logTarget?: string
 }
 
 export interface MountDaemonDeps {
@@ -58,8 +62,10 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
   let metricsServer: Server | undefined
   let control: ControlServer | undefined
   let data: DataPath | undefined
+  let registration: Registration | undefined
   const stop = stopSignals()
   try {
+    await tightenCacheDir(o.cacheDir, log).catch((err) => log.warn({ cacheDir: o.cacheDir, error: errorMessage(err) }, 'could not make the cache private'))
     await notifier.status(`resolving ${name}`)
     if (await clearStaleMount(o.mountpoint)) log.warn({ mountpoint: o.mountpoint }, 'cleared a stale mount left by a previous daemon')
     const model = await openModel(client, o.ref, {
@@ -123,6 +129,9 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
       model, reader: dataPath.reader, cache: dataPath.cache, metrics, prefetcher: dataPath.prefetcher, reference: name, binding: binding.name,
     })
     await control.listen()
+    // Without an entry the mount still serves; status/unmount then need the --cache-dir it was made with.
+    registration = await registerDaemon({ mountpoint: o.mountpoint, controlSocket: control.path, cacheDir: o.cacheDir, reference: name, digest: model.manifest.digest, log: o.logTarget ?? 'stderr' })
+      .catch((err) => { log.warn({ error: errorMessage(err) }, 'could not register in the runtime registry'); return undefined })
     log.info({ event: 'mount', reference: name, digest: model.manifest.digest, mountpoint: o.mountpoint, index: model.source, binding: binding.name, bindingReason, maxRead: session.maxRead }, 'mounted')
     await notifier.ready({ mountpoint: o.mountpoint, digest: model.manifest.digest, index: model.source })
     if (o.prefetch !== 'none') {
@@ -152,6 +161,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     metricsServer?.close()
     await data?.close()
     await client.close()
+    await registration?.remove()
   }
 }
 

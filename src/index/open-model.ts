@@ -4,11 +4,10 @@ import { formatReference, type ImageReference } from '../registry/reference.js'
 import { parseModelManifest } from '../modelpack/manifest.js'
 import { resolveModel, type ResolvedModel } from '../modelpack/resolve.js'
 import type { ModelManifest } from '../modelpack/types.js'
-import { sha256Digest } from '../util/digest.js'
-import { CnaifsError } from '../util/errors.js'
 import { silentLogger, type Logger } from '../util/log.js'
 import { buildModelTree, type BuildTreeOptions, type LayerView } from './build.js'
-import { INDEX_FORMAT_VERSION, IndexStore, type ModelIndexFile } from './store.js'
+import { IndexStore, type ModelIndexFile } from './store.js'
+import { describeInvalid } from '../util/stored.js'
 import { FileTree } from './tree.js'
 
 export interface OpenedModel {
@@ -66,24 +65,25 @@ export async function openModel(client: RegistryClient, ref: ImageReference, opt
     ({ manifest, manifestBytes } = options.resolved ?? await resolveModel(client, ref, options.signal))
   } catch (err) {
     if (options.offline === false || !(err instanceof UnreachableError || err instanceof DeadlineError)) throw err
-    const digest = ref.digest ?? (await options.store.loadRef(name))?.manifestDigest
-    const cached = digest ? await options.store.load(digest) : undefined
-    if (!cached) throw new UnreachableError(`${err.message}; and no cached index for ${name}`, { cause: err })
-    log.warn({ reference: name, digest: cached.manifestDigest }, 'registry unreachable: using the cached index (offline)')
-    return { reference: ref, ...fromIndexFile(cached), source: 'offline' }
+    return openOffline(ref, options.store, log, err)
   }
 
-  const cached = await options.store.load(manifest.digest)
-  if (cached) {
-    await options.store.saveRef(name, manifest.digest)
-    return { reference: ref, manifest, tree: FileTree.fromEntries(cached.entries, cached.defaultMtimeMs), source: 'cache', ...(cached.layerViews ? { layerViews: cached.layerViews } : {}) }
+  const stored = await options.store.read(manifest.digest)
+  if (stored.state === 'ok') {
+    const tree = treeOf(stored.value)
+    if (!(tree instanceof Error)) {
+      await options.store.saveRef(name, manifest.digest)
+      return { reference: ref, manifest, tree, source: 'cache', ...(stored.value.layerViews ? { layerViews: stored.value.layerViews } : {}) }
+    }
+    log.warn({ reference: name, file: stored.path, reason: tree.message }, `${describeInvalid('the cached index', { path: stored.path, reason: tree.message })}: rebuilding it from the registry`)
+  } else if (stored.state === 'invalid') {
+    log.warn({ reference: name, file: stored.path, reason: stored.reason }, `${describeInvalid('the cached index', stored)}: rebuilding it from the registry`)
   }
   const defaultMtimeMs = manifestTimeMs(manifest)
   const { tree, layerViews } = await buildModelTree(manifest, (layer, offset, length) =>
     client.readBlobRange(ref, layer.descriptor.digest, offset, length, { signal: options.signal }),
   { defaultMtimeMs, onLayerDone: options.onLayerDone, compressed: options.compressed })
-  const index: ModelIndexFile = {
-    version: INDEX_FORMAT_VERSION,
+  const index: Omit<ModelIndexFile, 'version'> = {
     reference: name,
     manifestDigest: manifest.digest,
     manifest: manifestBytes.toString('utf8'),
@@ -99,9 +99,37 @@ export async function openModel(client: RegistryClient, ref: ImageReference, opt
   return { reference: ref, manifest, tree, source: 'built', ...(layerViews ? { layerViews } : {}) }
 }
 
-function fromIndexFile(file: ModelIndexFile): { manifest: ModelManifest; tree: FileTree; layerViews?: Record<number, LayerView> } {
-  // The manifest is stored exactly as served, so a damaged index file is caught by its digest.
-  if (sha256Digest(file.manifest) !== file.manifestDigest) throw new CnaifsError('EFORMAT', `cached index for ${file.reference} is corrupt (manifest digest mismatch)`)
+/** The tree of a stored index, or the error that makes the index unusable (e.g. entries that collide). */
+function treeOf(file: ModelIndexFile): FileTree | Error {
+  try {
+    return FileTree.fromEntries(file.entries, file.defaultMtimeMs)
+  } catch (err) {
+    return err instanceof Error ? err : new Error(String(err))
+  }
+}
+
+/**
+ * The registry cannot be reached: a digest-pinned or previously resolved reference is served from its
+ * persisted index. A stored file that is invalid fails with one line naming it (it cannot be rebuilt now).
+ */
+async function openOffline(ref: ImageReference, store: IndexStore, log: Logger, cause: UnreachableError | DeadlineError): Promise<OpenedModel> {
+  const name = formatReference(ref)
+  const unusable = (what: string, s: { path: string; reason: string }) =>
+    new UnreachableError(`${cause.message}; and ${describeInvalid(what, s)} (remove it, or retry when the registry answers)`, { cause })
+  let digest = ref.digest
+  if (!digest) {
+    const rec = await store.readRef(name)
+    if (rec.state === 'invalid') throw unusable('the tag record', rec)
+    digest = rec.state === 'ok' ? rec.value.manifestDigest : undefined
+  }
+  const stored = digest ? await store.read(digest) : undefined
+  if (stored?.state === 'invalid') throw unusable('the cached index', stored)
+  if (stored?.state !== 'ok') throw new UnreachableError(`${cause.message}; and no cached index for ${name}`, { cause })
+  const file = stored.value
+  const tree = treeOf(file)
+  if (tree instanceof Error) throw unusable('the cached index', { path: stored.path, reason: tree.message })
+  log.warn({ reference: name, digest: file.manifestDigest }, 'registry unreachable: using the cached index (offline)')
+  // parseIndexFile checked the stored manifest against its digest and parsed it once already.
   const manifest = parseModelManifest(file.manifest, file.manifestDigest)
-  return { manifest, tree: FileTree.fromEntries(file.entries, file.defaultMtimeMs), ...(file.layerViews ? { layerViews: file.layerViews } : {}) }
+  return { reference: ref, manifest, tree, source: 'offline', ...(file.layerViews ? { layerViews: file.layerViews } : {}) }
 }

@@ -1,15 +1,23 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
+import { writeFileAtomic } from '../util/atomic-write.js'
 import { digestHex } from '../util/digest.js'
+import { sealJson } from '../util/sealed-json.js'
+import { readStored, type Stored } from '../util/stored.js'
+import { INDEX_FORMAT_VERSION, parseIndexFile, parseRefRecord } from './index-schema.js'
 import type { IndexEntry } from './tree.js'
+
+export { INDEX_FORMAT_VERSION }
 
 /** What a finished index holds on disk: enough to mount with no registry at all. */
 export interface ModelIndexFile {
-  version: 1
+  /** 2: written with a checksum (see util/sealed-json); 1: older files without one, still read. */
+  version: 1 | 2
   reference: string
   manifestDigest: string
-  /** Manifest and config exactly as served (their digests can be re-checked). */
+  /** The manifest exactly as served (its digest can be re-checked). */
   manifest: string
+  /** Always '': the tree needs no config blob, so none is fetched or kept (the field stays for older readers). */
   config: string
   createdAt: string
   defaultMtimeMs: number
@@ -25,16 +33,11 @@ export interface RefRecord {
   resolvedAt: string
 }
 
-export const INDEX_FORMAT_VERSION = 1
-
-/** Writes to a temp file then renames: a crash leaves the old file or the new one, never half of one. */
-export async function writeFileAtomic(path: string, data: string | Buffer): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
-  await writeFile(tmp, data, { mode: 0o644 })
-  await rename(tmp, path)
-}
-
-/** Persisted indexes keyed by manifest digest, plus tag → digest records, under `<cacheDir>/index`. */
+/**
+ * Persisted indexes keyed by manifest digest, plus tag → digest records, under `<cacheDir>/index`. Files are
+ * written durably (util/atomic-write) with a checksum and read back through a schema check: a damaged file
+ * is reported as invalid, never half-used.
+ */
 export class IndexStore {
   readonly dir: string
   constructor(cacheDir: string) {
@@ -45,29 +48,38 @@ export class IndexStore {
     return join(this.dir, `${digestHex(manifestDigest)}.json`)
   }
 
-  async load(manifestDigest: string): Promise<ModelIndexFile | undefined> {
-    try {
-      const doc = JSON.parse(await readFile(this.pathFor(manifestDigest), 'utf8')) as ModelIndexFile
-      if (doc.version !== INDEX_FORMAT_VERSION || doc.manifestDigest !== manifestDigest) return undefined
-      return doc
-    } catch {
-      return undefined // absent or unreadable: rebuilt from the registry
-    }
-  }
-
-  async save(index: ModelIndexFile): Promise<void> {
-    await mkdir(this.dir, { recursive: true })
-    await writeFileAtomic(this.pathFor(index.manifestDigest), JSON.stringify(index))
-  }
-
-  private refPath(reference: string): string {
+  refPath(reference: string): string {
     return join(this.dir, 'refs', encodeURIComponent(reference) + '.json')
   }
 
+  /** The stored index of a manifest: ok, absent, or invalid with the reason. */
+  read(manifestDigest: string): Promise<Stored<ModelIndexFile>> {
+    return readStored(this.pathFor(manifestDigest), (text) => parseIndexFile(text, manifestDigest))
+  }
+
+  /** The stored index when it is there and valid. */
+  async load(manifestDigest: string): Promise<ModelIndexFile | undefined> {
+    const s = await this.read(manifestDigest)
+    return s.state === 'ok' ? s.value : undefined
+  }
+
+  async save(index: Omit<ModelIndexFile, 'version'>): Promise<void> {
+    const doc: ModelIndexFile = { version: INDEX_FORMAT_VERSION, ...index }
+    await writeFileAtomic(this.pathFor(index.manifestDigest), sealJson(doc))
+  }
+
   async saveRef(reference: string, manifestDigest: string): Promise<void> {
-    await mkdir(join(this.dir, 'refs'), { recursive: true })
     const rec: RefRecord = { reference, manifestDigest, resolvedAt: new Date().toISOString() }
-    await writeFileAtomic(this.refPath(reference), JSON.stringify(rec))
+    await writeFileAtomic(this.refPath(reference), sealJson(rec))
+  }
+
+  readRef(reference: string): Promise<Stored<RefRecord>> {
+    return readStored(this.refPath(reference), (text) => parseRefRecord(text, reference))
+  }
+
+  async loadRef(reference: string): Promise<RefRecord | undefined> {
+    const s = await this.readRef(reference)
+    return s.state === 'ok' ? s.value : undefined
   }
 
   /** Removes a model's index and every tag record that points at it. */
@@ -75,16 +87,9 @@ export class IndexStore {
     await rm(this.pathFor(manifestDigest), { force: true })
     const refsDir = join(this.dir, 'refs')
     for (const name of await readdir(refsDir).catch(() => [] as string[])) {
-      const rec = await this.loadRef(decodeURIComponent(name.replace(/\.json$/, '')))
+      if (!name.endsWith('.json')) continue
+      const rec = await this.loadRef(decodeURIComponent(name.slice(0, -'.json'.length)))
       if (rec?.manifestDigest === manifestDigest) await rm(join(refsDir, name), { force: true })
-    }
-  }
-
-  async loadRef(reference: string): Promise<RefRecord | undefined> {
-    try {
-      return JSON.parse(await readFile(this.refPath(reference), 'utf8')) as RefRecord
-    } catch {
-      return undefined
     }
   }
 }
@@ -95,9 +100,11 @@ export interface StoredIndexSummary {
   createdAt: string
   /** Layer blob digests with sizes, from the stored manifest; a compressed layer by its uncompressed key (what the block cache holds). */
   layers: { digest: string; size: number }[]
+  /** Digests of the compressed layer blobs, whose checkpoint indexes are under `<cacheDir>/compressed`. */
+  compressedBlobs: string[]
 }
 
-/** Every persisted index (for `cnaifs cache ls|rm`). Unreadable files are skipped. */
+/** Every persisted index (for `cnaifs cache ls|rm`). Invalid files are skipped: a mount rebuilds them. */
 export async function listIndexes(store: IndexStore): Promise<StoredIndexSummary[]> {
   let names: string[]
   try {
@@ -109,8 +116,15 @@ export async function listIndexes(store: IndexStore): Promise<StoredIndexSummary
   for (const n of names.filter((x) => /^[a-f0-9]{64}\.json$/.test(x))) {
     const doc = await store.load('sha256:' + n.slice(0, 64))
     if (!doc) continue
-    const manifest = JSON.parse(doc.manifest) as { layers?: { digest: string; size: number }[] }
-    out.push({ manifestDigest: doc.manifestDigest, reference: doc.reference, createdAt: doc.createdAt, layers: (manifest.layers ?? []).map((l, i) => doc.layerViews?.[i] ?? { digest: l.digest, size: l.size }) })
+    // parseIndexFile has checked that the manifest parses and its layers are sha256 descriptors.
+    const manifest = JSON.parse(doc.manifest) as { layers: { digest: string; size: number }[] }
+    out.push({
+      manifestDigest: doc.manifestDigest,
+      reference: doc.reference,
+      createdAt: doc.createdAt,
+      layers: manifest.layers.map((l, i) => doc.layerViews?.[i] ?? { digest: l.digest, size: l.size }),
+      compressedBlobs: manifest.layers.filter((_, i) => doc.layerViews?.[i]).map((l) => l.digest),
+    })
   }
   return out
 }

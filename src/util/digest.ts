@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { DigestMismatchError, FormatError } from './errors.js'
+import { FormatError } from './errors.js'
 
 const DIGEST_RE = /^sha256:[a-f0-9]{64}$/
 
@@ -11,15 +11,6 @@ export function sha256Digest(data: Buffer | string): string {
 export function assertDigest(digest: string, what = 'digest'): string {
   if (!DIGEST_RE.test(digest)) throw new FormatError(`${what} is not a sha256 digest: ${JSON.stringify(digest)}`)
   return digest
-}
-
-export function isDigest(s: string): boolean {
-  return DIGEST_RE.test(s)
-}
-
-export function verifyDigest(data: Buffer, expected: string, what: string): void {
-  const actual = sha256Digest(data)
-  if (actual !== expected) throw new DigestMismatchError(what, expected, actual)
 }
 
 /** A short, filesystem-safe form for file names: the hex part only. */

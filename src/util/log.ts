@@ -1,10 +1,13 @@
 import { pino, type Logger } from 'pino'
+import { SafeLogDestination, trackDestination } from './log-destination.js'
 
 export type { Logger }
 
 /**
- * Structured JSON logs on stderr. Credentials can reach a log only through an object field, so every field
- * that could carry one is redacted by path; messages are written by us and never include secrets.
+ * Structured JSON logs on stderr (or another fd), through a destination that drops and counts the lines it
+ * cannot write instead of throwing, so a full log disk never takes a daemon down (see log-destination.ts).
+ * Credentials can reach a log only through an object field, so every field that could carry one is redacted
+ * by path; messages are written by us and never include secrets.
  */
 export const REDACT_PATHS = [
   'password', '*.password', 'authorization', '*.authorization', 'headers.authorization',
@@ -19,25 +22,11 @@ export function createLogger(level: string = process.env.CNAIFS_LOG_LEVEL ?? 'in
       redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
-    pino.destination({ fd: destination, sync: true }),
+    trackDestination(new SafeLogDestination(destination)),
   )
 }
 
 /** A logger that drops everything: the default for library use and unit tests. */
 export function silentLogger(): Logger {
   return pino({ level: 'silent' })
-}
-
-/** Removes userinfo and sensitive query parameters from a URL before it is logged or shown. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url)
-    if (u.username || u.password) { u.username = ''; u.password = '' }
-    for (const key of [...u.searchParams.keys()]) {
-      if (/sig|signature|token|credential|secret|key/i.test(key)) u.searchParams.set(key, 'REDACTED')
-    }
-    return u.toString()
-  } catch {
-    return '[unparseable url]'
-  }
 }

@@ -88,6 +88,8 @@ async function baseEnv(): Promise<Record<string, string>> {
     XDG_CONFIG_HOME: join(home, '.config'),
     XDG_RUNTIME_DIR: join(home, 'run'),
     XDG_CACHE_HOME: join(home, '.cache'),
+    // Background daemons log here instead of /var/log/cnaifs (a test that checks the default sets it to '').
+    CNAIFS_LOG_DIR: join(home, 'logs'),
   })
   return env
 }

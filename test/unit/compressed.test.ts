@@ -91,7 +91,7 @@ const variants: [string, CompressedFormat, string][] = [
   ['t.zst', 'zstd', 'zstd (one frame)'],
   ['t.frames.zst', 'zstd', 'zstd frames of 1 MiB concatenated'],
   ['t.pzstd.zst', 'zstd', 'pzstd (frames + skippable frames)'],
-  ['t.packed.zst', 'zstd', 'cnaifs push packer (4 MiB frames + seek table)'],
+  ['t.packed.zst', 'zstd', 'cnaifs push packer (2 MiB frames + seek table)'],
 ]
 
 describe.each(variants)('%s (%s: %s)', (file, format) => {

@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander'
 import { BlobCache } from '../../cache/blob-cache.js'
+import { CompressedIndexStore } from '../../compressed/index-store.js'
 import { IndexStore, listIndexes } from '../../index/store.js'
 import { formatReference, parseReference } from '../../registry/reference.js'
 import { CnaifsError, UsageError } from '../../util/errors.js'
@@ -92,7 +93,7 @@ export function registerCacheCommands(program: Command): void {
     .description('remove one model\'s index and the blocks no other cached model uses')
     .argument('<ref>', 'image reference (tag or digest) as it was mounted or listed')
     .action(async (reference: string, _opts: object, cmd: Command) => {
-      const { cache, store } = await openCache(cmd)
+      const { cache, store, cacheDir } = await openCache(cmd)
       const ref = parseReference(reference)
       const digest = ref.digest ?? (await store.loadRef(formatReference(ref)))?.manifestDigest
       const all = await listIndexes(store)
@@ -105,8 +106,17 @@ export function registerCacheCommands(program: Command): void {
         await cache.removeBlob(l.digest)
         removed++
       }
+      // A checkpoint index is kept per compressed blob: removed with the last cached model that has the blob.
+      const keepCompressed = new Set(all.filter((ix) => ix !== target).flatMap((ix) => ix.compressedBlobs))
+      const compressedStore = new CompressedIndexStore(cacheDir)
+      let removedCompressed = 0
+      for (const d of target.compressedBlobs) {
+        if (keepCompressed.has(d)) continue
+        await compressedStore.remove(d)
+        removedCompressed++
+      }
       await store.remove(target.manifestDigest)
       await cache.close()
-      process.stdout.write(`removed ${target.reference} (${target.manifestDigest}): index and ${removed} blobs\n`)
+      process.stdout.write(`removed ${target.reference} (${target.manifestDigest}): index, ${removed} blobs${removedCompressed ? ` and ${removedCompressed} compressed-layer indexes` : ''}\n`)
     })
 }

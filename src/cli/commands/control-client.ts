@@ -1,6 +1,5 @@
 import { request, Agent } from 'undici'
-import { existsSync } from 'node:fs'
-import { controlSocketPath, type MountStatus } from '../../daemon/control.js'
+import type { MountStatus } from '../../daemon/control.js'
 import { CnaifsError } from '../../util/errors.js'
 
 /** Talks to a running daemon through its control socket. */
@@ -8,11 +7,6 @@ export class ControlClient {
   private readonly agent: Agent
   constructor(readonly socketPath: string) {
     this.agent = new Agent({ connect: { socketPath } })
-  }
-
-  static forMount(cacheDir: string, mountpoint: string): ControlClient | undefined {
-    const path = controlSocketPath(cacheDir, mountpoint)
-    return existsSync(path) ? new ControlClient(path) : undefined
   }
 
   async status(): Promise<MountStatus> {

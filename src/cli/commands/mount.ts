@@ -1,5 +1,5 @@
-import { spawn, execFile } from 'node:child_process'
-import { accessSync, constants, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Command, Option } from 'commander'
@@ -8,11 +8,12 @@ import { Command, Option } from 'commander'
 import { formatReference, parseReference } from '../../registry/reference.js'
 import { CnaifsError, UsageError, isErrorCode } from '../../util/errors.js'
 import { createLogger } from '../../util/log.js'
-import { ProgressBar, formatBytes, parseSize } from '../../util/progress.js'
+import { ProgressBar, parseSize } from '../../util/progress.js'
 import { createContext, defaultCacheDir, type RegistryCliOptions } from '../context.js'
-import { table } from '../format.js'
 import { addRegistryOptions, globals } from '../options.js'
-import { ControlClient } from './control-client.js'
+import { daemonLogTarget, describeLogTarget, openDaemonLog, stderrIsJournal, type LogTarget } from '../log-location.js'
+import { applyMountOptions, refuseIfServed } from '../mount-command-options.js'
+import { locateDaemon } from './daemon-lookup.js'
 
 interface MountCliOptions extends RegistryCliOptions {
   foreground?: boolean
@@ -73,13 +74,13 @@ function prepareMountpoint(mountpoint: string): string {
 const CLI_ENTRY = fileURLToPath(new URL('../../../bin/cnaifs', import.meta.url))
 
 /** Starts the daemon in the background and waits for its ready line on fd 3. */
-async function mountInBackground(args: string[], logFile: string, password: string | undefined, readyTimeoutMs: number): Promise<{ ready: true; digest: string; index: string }> {
-  mkdirSync(join(logFile, '..'), { recursive: true })
-  const logFd = openSync(logFile, 'a')
+async function mountInBackground(args: string[], logTarget: LogTarget, password: string | undefined, readyTimeoutMs: number): Promise<{ ready: true; digest: string; index: string }> {
+  const logFile = describeLogTarget(logTarget)
+  const logFd = logTarget.kind === 'file' ? openDaemonLog(logTarget.path) : 'inherit'
   const child = spawn(process.execPath, [CLI_ENTRY, ...args, '--foreground'], {
     detached: true,
     stdio: [password !== undefined ? 'pipe' : 'ignore', logFd, logFd, 'pipe'],
-    env: { ...process.env, CNAIFS_READY_FD: '3' },
+    env: { ...process.env, CNAIFS_READY_FD: '3', CNAIFS_LOG_TARGET: logFile },
   })
   if (password !== undefined) child.stdin?.end(password + '\n')
   const pipe = child.stdio[3] as NodeJS.ReadableStream
@@ -148,14 +149,17 @@ export function registerMountCommands(program: Command): void {
     .option('--metrics-addr <[host:]port>', 'serve Prometheus metrics on this address (/metrics)')
     .addOption(new Option('--prefetch <mode>', 'prefetch after mounting: none, meta (configs and docs), all (then every weight file)').choices(['none', 'meta', 'all']).default('none'))
     .option('--prefetch-bandwidth <size>', 'cap prefetch at this many bytes per second, e.g. 200M')
-    .option('--log-file <path>', 'log file of the background daemon (default: <cache-dir>/logs/<mount>.log)')
-    .option('--ready-timeout <seconds>', 'how long to wait for the daemon to be ready', '300'))
-    .action(async (reference: string, mountpoint: string, opts: MountCliOptions, cmd: Command) => {
-      const g = globals(cmd)
+    .option('--log-file <path>', 'log file of the background daemon (default: the journal when stderr is the journal, else /var/log/cnaifs/mount-<mount point>.log as root, $XDG_STATE_HOME/cnaifs/logs/… otherwise; $CNAIFS_LOG_DIR overrides the directory)')
+    .option('--ready-timeout <seconds>', 'how long to wait for the daemon to be ready', '300')
+    .option('-o, --options <list>', 'mount options as mount(8) writes them: key=value,… for any option above (allow_other,cache_max_size=50G,…); repeatable', (v: string, prev: string[] = []) => [...prev, v]))
+    .action(async (reference: string, mountpoint: string, flagOpts: MountCliOptions, cmd: Command) => {
+      // -o gives the same option values the flags give (src/cli/mount-options.ts).
+      const { opts, g } = applyMountOptions(flagOpts, cmd)
       // A bad reference is a usage error (exit 2) here and now, not a daemon that fails to start.
       parseReference(reference)
       checkFuseAvailable()
       const abs = prepareMountpoint(mountpoint)
+      await refuseIfServed(abs)
       const readTimeoutSec = Number(opts.readTimeout)
       if (!(readTimeoutSec > 0)) throw new UsageError('--read-timeout must be a positive number of seconds')
       const daemonOptions = {
@@ -169,15 +173,16 @@ export function registerMountCommands(program: Command): void {
         metricsAddr: opts.metricsAddr,
         prefetch: opts.prefetch,
         prefetchBandwidth: size(opts.prefetchBandwidth, '--prefetch-bandwidth'),
+        logTarget: process.env.CNAIFS_LOG_TARGET ?? (stderrIsJournal() ? 'journal' : 'stderr'),
       }
       if (!opts.foreground) {
         const cacheDir = g.cacheDir ?? defaultCacheDir()
-        const logFile = opts.logFile ?? join(cacheDir, 'logs', `mount-${abs.replace(/[^a-zA-Z0-9]+/g, '_').replace(/^_/, '')}.log`)
+        const logTarget = daemonLogTarget({ mountpoint: abs, cacheDir, logFile: opts.logFile })
         const password = opts.passwordStdin ? await readPasswordStdin() : undefined
         const args = process.argv.slice(2).filter((a) => a !== '--foreground' && a !== '-f')
         const started = Date.now()
-        const result = await mountInBackground(args, logFile, password, Number(opts.readyTimeout) * 1000)
-        process.stdout.write(`mounted ${reference} (${result.digest}) at ${abs} in ${((Date.now() - started) / 1000).toFixed(2)}s; log: ${logFile}\n`)
+        const result = await mountInBackground(args, logTarget, password, Number(opts.readyTimeout) * 1000)
+        process.stdout.write(`mounted ${reference} (${result.digest}) at ${abs} in ${((Date.now() - started) / 1000).toFixed(2)}s; log: ${describeLogTarget(logTarget)}\n`)
         return
       }
       const log = createLogger(g.logLevel === 'warn' ? 'info' : g.logLevel)
@@ -186,59 +191,6 @@ export function registerMountCommands(program: Command): void {
       await runMountDaemon({ ref: ctx.ref, cacheDir: ctx.cacheDir, ...daemonOptions }, { client: ctx.client, store: ctx.store, compressed: ctx.compressed, log })
       // Nothing may keep a daemon whose mount is gone alive (a FUSE library thread, a stray timer).
       process.exit(0)
-    })
-
-  program.command('unmount')
-    .alias('umount')
-    .description('unmount a cnaifs mount (asks its daemon to stop; clears a stale mount left by a killed daemon)')
-    .argument('<mountpoint>', 'the mount point')
-    .option('-z, --lazy', 'detach even if files are open (fusermount -uz)')
-    .action(async (mountpoint: string, opts: { lazy?: boolean }, cmd: Command) => {
-      const abs = resolve(mountpoint)
-      const cacheDir = globals(cmd).cacheDir ?? defaultCacheDir()
-      const { clearStaleMount, isMounted } = await import('../../fuse/mount-table.js')
-      const control = ControlClient.forMount(cacheDir, abs)
-      let pid: number | undefined
-      if (control) {
-        pid = await control.status().then((s) => s.pid, () => undefined)
-        await control.close()
-      }
-      if (pid) {
-        if (opts.lazy) await fusermount(abs, true)
-        process.kill(pid, 'SIGTERM')
-        for (let i = 0; i < 100 && (await isMounted(abs)); i++) await new Promise((r) => setTimeout(r, 100))
-        if (await isMounted(abs)) throw new CnaifsError('EBUSY', `${abs} is still mounted (files open? use --lazy)`)
-      } else if (await clearStaleMount(abs)) {
-        process.stderr.write(`cleared a stale mount at ${abs}\n`)
-      } else if (await isMounted(abs)) {
-        await fusermount(abs, Boolean(opts.lazy))
-      } else {
-        throw new UsageError(`${abs} is not mounted`)
-      }
-      process.stdout.write(`unmounted ${abs}\n`)
-    })
-
-  program.command('status')
-    .description('show a mount\'s files with how much of each is cached, and its daemon\'s counters')
-    .argument('<mountpoint>', 'the mount point')
-    .option('--json', 'print JSON')
-    .action(async (mountpoint: string, opts: { json?: boolean }, cmd: Command) => {
-      const abs = resolve(mountpoint)
-      const cacheDir = globals(cmd).cacheDir ?? defaultCacheDir()
-      const control = ControlClient.forMount(cacheDir, abs)
-      if (!control) throw new UsageError(`${abs}: no cnaifs daemon serves this mount point (with --cache-dir ${cacheDir})`)
-      const s = await control.status().finally(() => control.close())
-      if (opts.json) { process.stdout.write(JSON.stringify(s, null, 2) + '\n'); return }
-      const cachedTotal = s.files.reduce((n, f) => n + f.cached, 0)
-      const sizeTotal = s.files.reduce((n, f) => n + f.size, 0)
-      const out = [
-        `Mount:      ${s.mountpoint}`, `Reference:  ${s.reference}`, `Digest:     ${s.digest}`, `Daemon pid: ${s.pid}`,
-        `Cached:     ${formatBytes(cachedTotal)} of ${formatBytes(sizeTotal)} (${sizeTotal ? ((cachedTotal / sizeTotal) * 100).toFixed(1) : '100.0'}%)`,
-        `Disk cache: ${formatBytes(s.cacheDiskBytes)}`, '',
-        table([['FILE', 'SIZE', 'CACHED', '%'], ...s.files.map((f) => [f.path, String(f.size), String(f.cached), f.size ? ((f.cached / f.size) * 100).toFixed(1) : '100.0'])]),
-        '', 'Counters:', ...Object.entries(s.metrics).map(([k, v]) => `  ${k} ${v}`),
-      ]
-      process.stdout.write(out.join('\n') + '\n')
     })
 
   addRegistryOptions(program.command('prefetch')
@@ -250,7 +202,8 @@ export function registerMountCommands(program: Command): void {
       const g = globals(cmd)
       const cacheDir = g.cacheDir ?? defaultCacheDir()
       const bar = new ProgressBar(`prefetching ${target}`, process.stderr, opts.progress !== false)
-      const control = existsSync(target) && statSync(target).isDirectory() ? ControlClient.forMount(cacheDir, resolve(target)) : undefined
+      const located = existsSync(target) && statSync(target).isDirectory() ? await locateDaemon(target, cacheDir) : undefined
+      const control = located?.control
       if (control) {
         await control.prefetch(paths, (d, t) => bar.update(d, t)).finally(() => control.close())
         process.stdout.write(`prefetched ${paths.length ? paths.join(' ') : 'every file'} into the cache of ${resolve(target)}\n`)
@@ -270,13 +223,3 @@ export function registerMountCommands(program: Command): void {
       process.stdout.write(`prefetched ${formatReference(ctx.ref)} into ${ctx.cacheDir}\n`)
     })
 }
-
-function fusermount(mountpoint: string, lazy: boolean): Promise<void> {
-  return new Promise((ok, fail) => {
-    execFile('fusermount', [lazy ? '-uz' : '-u', mountpoint], (err, _out, stderr) => {
-      if (err) fail(new CnaifsError('EBUSY', `fusermount -u ${mountpoint}: ${stderr.trim() || err.message}`))
-      else ok()
-    })
-  })
-}
-
