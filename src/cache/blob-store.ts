@@ -12,8 +12,9 @@
  * file, so a crash in between leaves an orphan data file (removed at the next start), never a map describing
  * missing bytes.
  */
-import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, writeFileAtomic } from '../util/atomic-write.js'
 import { CnaifsError, UsageError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
 import { HEADER_BYTES } from './block-map.js'
@@ -21,12 +22,13 @@ import { HEADER_BYTES } from './block-map.js'
 const LAYOUT_FILE = 'LAYOUT'
 const LAYOUT_NAME = 'cnaifs blob cache 1'
 const HEX_RE = /^[0-9a-f]{64}$/
-const TEMP_RE = /\.tmp-(\d+)-[0-9a-z]+$/
+/** A temp file of util/atomic-write.ts (a map being created) in a blob directory. */
+const TEMP_RE = /^\.tmp-(\d+)-[0-9a-f]+$/
 /** A temp file older than this is stale even if its pid is alive (pids get reused). */
 const TEMP_MAX_AGE_MS = 60 * 60 * 1000
 
-export const DIR_MODE = 0o700
-export const FILE_MODE = 0o600
+export const DIR_MODE = PRIVATE_DIR_MODE
+export const FILE_MODE = PRIVATE_FILE_MODE
 
 export interface BlobPaths {
   hex: string
@@ -111,9 +113,7 @@ export class BlobStore {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
     }
     if (have === undefined) {
-      const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
-      await writeFile(tmp, want, { mode: FILE_MODE })
-      await rename(tmp, path)
+      await writeFileAtomic(path, want)
       return
     }
     if (have !== want) {

@@ -22,6 +22,8 @@
  */
 import { createHash } from 'node:crypto'
 import { link, open, rm, type FileHandle } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { PRIVATE_FILE_MODE, fsyncDir, tempPathIn } from '../util/atomic-write.js'
 import { CnaifsError } from '../util/errors.js'
 import type { BlobRef } from './types.js'
 
@@ -301,8 +303,8 @@ export class BlockMap {
  * fails when another process created it first, in which case that one is used).
  */
 async function createMapFile(path: string, headerBytes: Buffer): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`
-  const fh = await open(tmp, 'wx', 0o600)
+  const tmp = tempPathIn(dirname(path))
+  const fh = await open(tmp, 'wx', PRIVATE_FILE_MODE)
   try {
     await fh.write(headerBytes, 0, headerBytes.length, 0)
     await fh.datasync()
@@ -316,4 +318,5 @@ async function createMapFile(path: string, headerBytes: Buffer): Promise<void> {
   } finally {
     await rm(tmp, { force: true })
   }
+  await fsyncDir(dirname(path))
 }

@@ -4,7 +4,7 @@ import { errorMessage } from './errors.js'
 import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, mkdirPrivate } from './atomic-write.js'
 
 /** What cnaifs keeps in a cache directory; anything else there is not ours to change. */
-export const CACHE_ENTRIES = ['index', 'blocks', 'compressed', 'logs', 'run'] as const
+export const CACHE_ENTRIES = ['index', 'blobs', 'blocks', 'compressed', 'logs', 'run'] as const
 
 export interface TightenResult {
   /** Entries whose mode was changed. */
