@@ -14,7 +14,7 @@ export const EXIT = {
 export function exitCodeFor(err: unknown): number {
   if (!(err instanceof CnaifsError)) return EXIT.failure
   switch (err.code) {
-    case 'EUSAGE': return EXIT.usage
+    case 'EUSAGE': case 'EBLOCKED': case 'ECONFIG': return EXIT.usage
     case 'EAUTH': return EXIT.auth
     case 'ENOTFOUND': return EXIT.notFound
     case 'EUNREACHABLE': case 'ETIMEDOUT': return EXIT.unreachable

@@ -81,7 +81,10 @@ export async function openModel(client: RegistryClient, ref: ImageReference, opt
   const defaultMtimeMs = manifestTimeMs(manifest)
   const { tree, layerViews } = await buildModelTree(manifest, (layer, offset, length) =>
     client.readBlobRange(ref, layer.descriptor.digest, offset, length, { signal: options.signal }),
-  { defaultMtimeMs, onLayerDone: options.onLayerDone, compressed: options.compressed })
+  {
+    defaultMtimeMs, onLayerDone: options.onLayerDone, compressed: options.compressed,
+    readRanges: (layer, ranges) => client.readBlobRanges(ref, layer.descriptor.digest, ranges, { signal: options.signal }),
+  })
   const index: ModelIndexFile = {
     version: INDEX_FORMAT_VERSION,
     reference: name,
