@@ -354,12 +354,18 @@ export class RegistryClient {
         filled[i]!.add(from, to)
       })
     }
-    const first = this.endpointsFor(ref, 'pull')[0]!
+    const endpoints = this.endpointsFor(ref, 'pull')
+    const first = endpoints[0]!
     if (!this.noMultipart.has(first.origin) && !this.redirects.has(digest)) {
       try {
         await this.multiRangeOnce(ref, digest, ranges, first, place, options)
       } catch (err) {
-        if (err instanceof DeadlineError && options.signal?.aborted) throw err
+        if (err instanceof DeadlineError) {
+          // Too slow: at a mirror, pass it over (the ranged reads below go on to the next host); at the only host,
+          // a caller without its own deadline gets the error now rather than a second slow try.
+          if (options.signal?.aborted || (endpoints.length === 1 && !options.signal)) throw err
+          if (endpoints.length > 1) this.fallOver(first, err, `blob ${digest.slice(0, 19)}`)
+        }
         this.log.debug({ what: `blob ${digest.slice(0, 19)}`, host: first.host, error: errorMessage(err) }, 'multi-range request failed: reading the ranges one by one')
       }
     }
