@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs'
 import type { Readable } from 'node:stream'
-import { request, type Dispatcher } from 'undici'
+import { ProxyAgent, request, type Dispatcher } from 'undici'
 import { sha256Digest } from '../util/digest.js'
 import { CnaifsError, DigestMismatchError, errorMessage } from '../util/errors.js'
 import { silentLogger, type Logger } from '../util/log.js'
@@ -249,7 +249,7 @@ export class RegistryClient {
     const deadline = new RequestDeadline(undefined, this.budget, 0)
     const what = `token request to ${url.host}`
     try {
-      const res = await request(url, {
+      const res = await this.call(url, {
         dispatcher: this.transport.dispatcherFor(url, { caFiles: this.options.caFile ? [this.options.caFile] : [], clientPairs: [], skipVerify: this.options.insecure === true }),
         method: init.method, headers: init.headers, body: init.body, signal: deadline.signal,
       })
@@ -262,6 +262,28 @@ export class RegistryClient {
     } finally {
       deadline.clear()
     }
+  }
+
+  /**
+   * One HTTP request under a deadline. undici's ProxyAgent ignores an abort while it reconnects to a proxy that
+   * drops CONNECT (it loops): a deadline then destroys that pool so the caller gets its error and the loop stops.
+   */
+  private call(url: string | URL, options: Omit<Parameters<typeof request>[1] & object, 'signal'> & { dispatcher: Dispatcher; signal: AbortSignal }): Promise<Dispatcher.ResponseData> {
+    const pending = request(url, options) as unknown as Promise<Dispatcher.ResponseData>
+    const { dispatcher, signal } = options
+    if (!(dispatcher instanceof ProxyAgent)) return pending
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => {
+        this.transport.discard(dispatcher)
+        reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'))
+      }
+      if (signal.aborted) return onAbort()
+      signal.addEventListener('abort', onAbort, { once: true })
+      pending.then(
+        (res) => { signal.removeEventListener('abort', onAbort); resolve(res) },
+        (err) => { signal.removeEventListener('abort', onAbort); reject(err) },
+      )
+    })
   }
 
   /** GET a manifest or index; verifies its bytes against the pinned digest, or records the digest it has. */
@@ -387,7 +409,7 @@ export class RegistryClient {
     const deadline = new RequestDeadline(options.signal, this.budget, total)
     const began = Date.now()
     try {
-      const res = await request(url, {
+      const res = await this.call(url, {
         dispatcher: this.dispatcher(e, url), method: 'GET', signal: deadline.signal,
         headers: { ...this.hostHeaders(e, options.purpose), range: `bytes=${spec}`, ...(await this.authHeaders(e, 'pull')) },
       })
@@ -398,7 +420,8 @@ export class RegistryClient {
         throw new RegistryError(`${what}: HTTP ${status}`, status)
       }
       const boundary = byterangesBoundary(header(res.headers, 'content-type'))
-      if (status === 206 && boundary) {
+      // A multipart body is one whatever the status says (a 200 may carry partial content, see streamBlobRange).
+      if (boundary) {
         const body = await readLimited(res.body, total + 64 * 1024, what)
         for (const part of parseByteranges(body, boundary)) place(part.bytes, part.start)
         this.report('blob', status, body.length, began)
@@ -488,7 +511,7 @@ export class RegistryClient {
       try {
         let res: Dispatcher.ResponseData
         try {
-          res = await request(target, {
+          res = await this.call(target, {
             dispatcher: redirected ? this.transport.dispatcherFor(target) : this.dispatcher(e, target),
             method: 'GET',
             // Authorization and the host's headers never leave the host: object-store redirects carry their own signature.
@@ -677,7 +700,7 @@ export class RegistryClient {
         try {
           let res: Dispatcher.ResponseData
           try {
-            res = await request(url, {
+            res = await this.call(url, {
               dispatcher: this.dispatcher(e, url),
               method: o.method,
               headers: { ...e.headers, ...o.headers, ...(await this.authHeaders(e, o.scope)) },

@@ -51,6 +51,12 @@ export class Transport {
     return pool
   }
 
+  /** Drops a pool that misbehaves (see RegistryClient.call); the next request to its hosts makes a new one. */
+  discard(pool: Dispatcher): void {
+    for (const [key, p] of this.pools) if (p === pool) this.pools.delete(key)
+    void pool.destroy().catch(() => {})
+  }
+
   async close(): Promise<void> {
     const pools = [...this.pools.values()]
     this.pools.clear()
