@@ -228,6 +228,33 @@ describe('containerd hosts.toml: a pull-through cache as the mirror', () => {
   })
 })
 
+describe('Dragonfly', () => {
+  it('prefetch requests to a host with X-Dragonfly-Registry say so; reads do not', async () => {
+    resetAll()
+    const client = new RegistryClient({
+      credentials: new FileCredentialStore({ files: [], env: {} }),
+      hosts: { source: 'containerd', hostsDirs: [hostsDir] }, dragonflyPrefetchPriority: 4,
+    })
+    try {
+      const at = parseReference(ref)
+      const manifest = JSON.parse((await client.getManifest(at)).bytes.toString()) as { layers: Array<{ digest: string; size: number }> }
+      const layer = manifest.layers.find((l) => l.size > 1024 * 1024)!
+      await client.readBlobRange(at, layer.digest, 0, 4096, { purpose: 'prefetch' })
+      await client.readBlobRange(at, layer.digest, 4096, 4096, { purpose: 'read' })
+      await client.readBlobRange(at, layer.digest, 8192, 4096)
+      const [prefetch, read, plain] = mirror.blobRequests()
+      expect(prefetch!.headers).toMatchObject({ 'x-dragonfly-prefetch': 'true', 'x-dragonfly-priority': '4', 'x-dragonfly-registry': `http://${upstreamDirect.host}` })
+      for (const e of [read!, plain!]) {
+        expect(e.headers['x-dragonfly-prefetch']).toBeUndefined()
+        expect(e.headers['x-dragonfly-priority']).toBeUndefined()
+        expect(e.headers['x-dragonfly-registry']).toBe(`http://${upstreamDirect.host}`)
+      }
+    } finally {
+      await client.close()
+    }
+  })
+})
+
 describe('CRI-O registries.conf', () => {
   it('rewrites the location and reads through the mirror, then the primary when the mirror is down', async () => {
     resetAll()
