@@ -71,6 +71,11 @@ export class Transport {
     if (pair) {
       out.cert = this.pem(pair[0], 'client certificate')
       out.key = this.pem(pair[1] || pair[0], 'client key')
+      if (!out.key.includes('PRIVATE KEY-----')) {
+        throw new UsageError(pair[1]
+          ? `the client key ${pair[1]} is not a PEM private key`
+          : `the client certificate ${pair[0]} holds no private key: give the key too, as client = [["${pair[0]}", "KEY"]]`)
+      }
     }
     return out
   }
