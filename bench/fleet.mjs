@@ -6,14 +6,18 @@
  * upstream registry served (through the test suite's counting proxy), checks every file every node read against
  * its sha256, and compares the wall time with one node alone (its own cold pull-through cache).
  *
- *   npm run build && node bench/fleet.mjs [--nodes 8] [--size-mib 512] [--files 4] [--format raw|tar]
+ *   npm run build && node bench/fleet.mjs [--nodes 8] [--size-mib 512] [--files 4] [--format raw|tar] [--reader mount|cat]
+ *
+ * --reader mount (default): each node is a daemon (`cnaifs mount`) and its files are read through FUSE. --reader cat:
+ * each node runs `cnaifs cat` per file (one ranged GET for a whole raw file), which shows what the cache does when
+ * its clients read whole blobs, apart from the daemon's read path.
  *
  * Needs root (FUSE mounts) and docker-registry. Prints a Markdown table to stdout, progress to stderr, and exits
  * non-zero if a file was wrong or the upstream served more than 2x the model. Nothing is left behind.
  */
 import { spawn } from 'node:child_process'
 import { createCipheriv, createHash } from 'node:crypto'
-import { createReadStream, existsSync } from 'node:fs'
+import { createReadStream, createWriteStream, existsSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -29,13 +33,17 @@ const { values: args } = parseArgs({
     'size-mib': { type: 'string', default: '512' },
     files: { type: 'string', default: '4' },
     format: { type: 'string', default: 'raw' },
+    reader: { type: 'string', default: 'mount' },
   },
 })
 const NODES = Number(args.nodes)
 const SIZE = Math.round(Number(args['size-mib']) * 1024 * 1024)
 const FILES = Number(args.files)
 const FORMAT = args.format
-if (!(NODES >= 1 && SIZE > 0 && FILES >= 1) || !['raw', 'tar'].includes(FORMAT)) throw new Error('--nodes, --size-mib, --files must be positive; --format raw or tar')
+const READER = args.reader
+if (!(NODES >= 1 && SIZE > 0 && FILES >= 1) || !['raw', 'tar'].includes(FORMAT) || !['mount', 'cat'].includes(READER)) {
+  throw new Error('--nodes, --size-mib, --files must be positive; --format raw or tar; --reader mount or cat')
+}
 const log = (msg) => process.stderr.write(`[fleet] ${msg}\n`)
 if (!existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) { log('dist/ is missing: run `npm run build` first'); process.exit(1) }
 
@@ -65,6 +73,18 @@ function run(argv, { timeoutMs = 600_000 } = {}) {
     child.stderr.on('data', (c) => (stderr += c))
     child.once('error', reject)
     child.once('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }) })
+  })
+}
+
+function runToFile(argv, file) {
+  return new Promise((resolve, reject) => {
+    const out = createWriteStream(file)
+    const child = spawn(process.execPath, [CLI, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stderr = ''
+    child.stdout.pipe(out)
+    child.stderr.on('data', (c) => (stderr += c))
+    child.once('error', reject)
+    child.once('close', (code) => out.end(() => resolve({ code, stderr })))
   })
 }
 
@@ -103,6 +123,16 @@ async function fleet(work, n, ref, hostsDir, files) {
   const wrong = []
   try {
     await Promise.all(nodes.map(async (node) => {
+      if (READER === 'cat') {
+        for (const [name, digest] of Object.entries(files)) {
+          const out = join(node.mp, name)
+          const c = await runToFile(['--cache-dir', node.cacheDir, 'cat', '--hosts-dir', hostsDir, ref, name], out)
+          if (c.code !== 0) throw new Error(`cat failed (${c.code}): ${c.stderr.trim()}`)
+          if ((await sha256File(out)) !== digest) wrong.push(`${node.mp}/${name}`)
+          await rm(out)
+        }
+        return
+      }
       const m = await run(['--cache-dir', node.cacheDir, 'mount', '--hosts-dir', hostsDir, ref, node.mp])
       if (m.code !== 0) throw new Error(`mount failed (${m.code}): ${m.stderr.trim()}`)
       node.mounted = true
@@ -151,6 +181,7 @@ try {
     await cache.stop()
   }
   const one = rows[0].ms
+  console.log(`reader: ${READER}\n`)
   console.log(`| nodes | model | wall time | vs one node | upstream blob bytes | x model | wrong files |`)
   console.log(`|---|---|---|---|---|---|---|`)
   for (const r of rows) {
