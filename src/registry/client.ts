@@ -415,6 +415,15 @@ export class RegistryClient {
       })
       deadline.onHeaders()
       const status = res.statusCode
+      const location = header(res.headers, 'location')
+      if (status >= 300 && status < 400 && location) {
+        // Blobs served from an object store: those rarely serve several ranges at once (S3 does not), so the
+        // ranges are read one by one from the redirect target, and this host is asked so from now on.
+        await res.body.dump()
+        this.rememberRedirect(digest, checkRedirect(location, url, what))
+        this.noMultipart.add(e.origin)
+        return
+      }
       if (status !== 206 && status !== 200) {
         await res.body.dump()
         throw new RegistryError(`${what}: HTTP ${status}`, status)
