@@ -380,7 +380,7 @@ export class RegistryClient {
     const first = endpoints[0]!
     if (!this.noMultipart.has(first.origin) && !this.redirects.has(digest)) {
       try {
-        await this.multiRangeOnce(ref, digest, ranges, first, place, options)
+        await this.multiRangeOnce(digest, ranges, first, place, options)
       } catch (err) {
         if (err instanceof DeadlineError) {
           // Too slow: at a mirror, pass it over (the ranged reads below go on to the next host); at the only host,
@@ -401,7 +401,7 @@ export class RegistryClient {
   }
 
   /** One multi-range GET at the first host; places what it gets. Failures are the caller's to recover from. */
-  private async multiRangeOnce(ref: ImageReference, digest: string, ranges: ByteRange[], e: RegistryEndpoint, place: RangeSink, options: ReadOptions): Promise<void> {
+  private async multiRangeOnce(digest: string, ranges: ByteRange[], e: RegistryEndpoint, place: RangeSink, options: ReadOptions): Promise<void> {
     const what = `blob ${digest.slice(0, 19)} ranges ${ranges.map((r) => `${r.offset}+${r.length}`).join(',')}`
     const total = ranges.reduce((n, r) => n + r.length, 0)
     const spec = ranges.filter((r) => r.length > 0).map((r) => `${r.offset}-${r.offset + r.length - 1}`).join(',')
