@@ -230,6 +230,7 @@ async function fetchJob(m: Extract<ToWorker, { t: 'fetch' }>): Promise<void> {
     await client.streamBlobRange(m.reference, m.digest, m.offset, m.length, (chunk, position) => assembler.add(chunk, position), {
       signal: controller.signal,
       keepExtra: true,
+      purpose: m.purpose,
     })
     post({ t: 'done', id: m.id })
   } catch (err) {

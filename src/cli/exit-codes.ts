@@ -34,6 +34,9 @@ const EXIT_FOR: Record<ErrorCode, number> = {
   EBUSY: EXIT.failure,
   EDAEMON: EXIT.failure,
   EPREFETCH: EXIT.failure,
+  EREDIRECT: EXIT.failure,
+  EBLOCKED: EXIT.usage,
+  ECONFIG: EXIT.usage,
 }
 
 export function exitCodeFor(err: unknown): number {

@@ -33,6 +33,9 @@ const ERRNO_FOR: Record<ErrorCode, number> = {
   EBUSY: E.EBUSY,
   EDAEMON: E.EIO,
   EPREFETCH: E.EIO,
+  EREDIRECT: E.EIO,
+  EBLOCKED: E.EACCES,
+  ECONFIG: E.EIO,
 }
 
 /** The (positive) errno for any error thrown below the FUSE layer. */

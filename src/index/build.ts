@@ -6,6 +6,17 @@ import { FileTree } from './tree.js'
 /** Reads bytes of a layer blob as stored (compressed or not): ranged GETs in production. */
 export type LayerRangeReader = (layer: ModelLayer, offset: number, length: number) => Promise<Buffer>
 
+/** Reads several ranges of a layer blob at once: one multi-range GET in production (RegistryClient.readBlobRanges). */
+export type LayerRangesReader = (layer: ModelLayer, ranges: Array<{ offset: number; length: number }>) => Promise<Buffer[]>
+
+/** A tar layer's first bytes: its first headers (and, for small files, all of them) are read in this window. */
+export const TAR_HEAD_BYTES = 64 * 1024
+/**
+ * A tar layer's last bytes: after one big file they hold its end-of-archive blocks (and GNU tar's padding to a
+ * 10 KiB record), so a single-file layer is indexed from its head and tail alone.
+ */
+export const TAR_TAIL_BYTES = 32 * 1024
+
 export class UnsupportedLayerError extends CnaifsError {
   constructor(message: string) {
     super('EUNSUPPORTED', message)
@@ -30,13 +41,15 @@ export interface LayerView {
 }
 
 export interface BuildTreeOptions {
-  /** Parallel layer walks; each costs one or two ranged GETs. */
+  /** Parallel layer walks; each costs one GET (head and tail together) plus one per further 64 KiB of headers. */
   concurrency?: number
   /** mtime for raw files without metadata and for implicit directories (the model's creation time). */
   defaultMtimeMs?: number
   onLayerDone?: (done: number, total: number) => void
   /** Without it, tar+gzip and tar+zstd layers are refused (UnsupportedLayerError). */
   compressed?: CompressedLayerIndexer
+  /** Reads a tar layer's head and tail together; without it they are two reads made in parallel. */
+  readRanges?: LayerRangesReader
 }
 
 const RAW_FILE_MODE = 0o444
@@ -47,8 +60,8 @@ export function describeLayer(layer: ModelLayer): string {
 
 /**
  * Builds the model's file tree as `modctl extract` would lay it out: tar layers by the entry names inside the
- * tar, raw layers at their path annotation. Only tar headers are read (one ranged GET for a small layer, two
- * for a single large file); raw layers cost no request at all.
+ * tar, raw layers at their path annotation. Only tar headers are read (one request per layer for its head and
+ * tail, which is all a small layer or a single large file needs); raw layers cost no request at all.
  */
 export async function buildTree(manifest: ModelManifest, read: LayerRangeReader, options: BuildTreeOptions = {}): Promise<FileTree> {
   return (await buildModelTree(manifest, read, options)).tree
@@ -74,7 +87,7 @@ export async function buildModelTree(manifest: ModelManifest, read: LayerRangeRe
     const source: RangeSource = { size: layer.descriptor.size, read: (offset, length) => read(layer, offset, length) }
     try {
       if (layer.form === 'tar') {
-        walked.set(layer.index, await walkTar(source))
+        walked.set(layer.index, await walkTar(source, { prefetched: await readHeadAndTail(layer, read, options.readRanges) }))
       } else {
         const info = await options.compressed!(layer, source.read)
         walked.set(layer.index, info.entries)
@@ -94,6 +107,23 @@ export async function buildModelTree(manifest: ModelManifest, read: LayerRangeRe
     else placeTar(tree, layer, walked.get(layer.index) ?? [])
   }
   return views.size ? { tree, layerViews: Object.fromEntries(views) } : { tree }
+}
+
+/**
+ * A tar layer's head and tail in one request (the whole layer when they would meet): a layer of one big file, PAX
+ * or not, is then indexed with a single GET, and a layer of small files with one GET per 64 KiB of headers.
+ */
+async function readHeadAndTail(layer: ModelLayer, read: LayerRangeReader, readRanges?: LayerRangesReader): Promise<Array<{ offset: number; bytes: Buffer }>> {
+  const size = layer.descriptor.size
+  if (size === 0) return []
+  if (size <= TAR_HEAD_BYTES + TAR_TAIL_BYTES) return [{ offset: 0, bytes: await read(layer, 0, size) }]
+  const ranges = [{ offset: 0, length: TAR_HEAD_BYTES }, { offset: size - TAR_TAIL_BYTES, length: TAR_TAIL_BYTES }]
+  const parts = readRanges ? await readRanges(layer, ranges) : await Promise.all(ranges.map((r) => read(layer, r.offset, r.length)))
+  return ranges.map((r, i) => {
+    const bytes = parts[i]!
+    if (bytes.length !== r.length) throw new Error(`short read from tar source: asked for ${r.length} bytes at ${r.offset}, got ${bytes.length}`)
+    return { offset: r.offset, bytes }
+  })
 }
 
 function placeRaw(tree: FileTree, layer: ModelLayer, defaultMtimeMs: number): void {

@@ -82,7 +82,10 @@ export async function openModel(client: RegistryClient, ref: ImageReference, opt
   const defaultMtimeMs = manifestTimeMs(manifest)
   const { tree, layerViews } = await buildModelTree(manifest, (layer, offset, length) =>
     client.readBlobRange(ref, layer.descriptor.digest, offset, length, { signal: options.signal }),
-  { defaultMtimeMs, onLayerDone: options.onLayerDone, compressed: options.compressed })
+  {
+    defaultMtimeMs, onLayerDone: options.onLayerDone, compressed: options.compressed,
+    readRanges: (layer, ranges) => client.readBlobRanges(ref, layer.descriptor.digest, ranges, { signal: options.signal }),
+  })
   const index: Omit<ModelIndexFile, 'version'> = {
     reference: name,
     manifestDigest: manifest.digest,

@@ -61,6 +61,8 @@ export interface WalkTarOptions {
   readAheadBytes?: number
   /** Maximum number of member headers before the archive is rejected. Default 100000. */
   maxEntries?: number
+  /** Bytes of the blob already fetched (a layer's head and tail, read in one request): served before any read. */
+  prefetched?: Array<{ offset: number; bytes: Buffer }>
 }
 
 export interface RawTarHeader {
@@ -253,7 +255,10 @@ function paxTime(value: string): number {
 // ---------------------------------------------------------------------------------------------------------
 // Reading
 
-/** Serves byte ranges from one read-ahead window, refilling it from the requested offset when it misses. */
+/**
+ * Serves byte ranges from the prefetched windows or one read-ahead window, refilling the latter from the requested
+ * offset when all of them miss.
+ */
 class ReadAheadReader {
   private window: Buffer = Buffer.alloc(0)
   private windowStart = 0
@@ -261,10 +266,15 @@ class ReadAheadReader {
   constructor(
     private readonly source: RangeSource,
     private readonly readAheadBytes: number,
+    private readonly prefetched: Array<{ offset: number; bytes: Buffer }> = [],
   ) {}
 
   /** Callers guarantee offset + length <= source.size. */
   async read(offset: number, length: number): Promise<Buffer> {
+    for (const p of this.prefetched) {
+      const at = offset - p.offset
+      if (at >= 0 && at + length <= p.bytes.length) return p.bytes.subarray(at, at + length)
+    }
     const start = offset - this.windowStart
     if (start >= 0 && start + length <= this.window.length) return this.window.subarray(start, start + length)
     const readLength = Math.min(Math.max(this.readAheadBytes, length), this.source.size - offset)
@@ -327,7 +337,7 @@ class TarWalker {
     if (!Number.isSafeInteger(readAhead) || readAhead <= 0) throw new RangeError(`invalid readAheadBytes ${readAhead}`)
     if (!Number.isSafeInteger(maxEntries) || maxEntries < 0) throw new RangeError(`invalid maxEntries ${maxEntries}`)
     if (!Number.isSafeInteger(source.size) || source.size < 0) throw new RangeError(`invalid source size ${source.size}`)
-    this.reader = new ReadAheadReader(source, readAhead)
+    this.reader = new ReadAheadReader(source, readAhead, options.prefetched)
     this.maxEntries = maxEntries
   }
 

@@ -1,5 +1,3 @@
-import type { Dispatcher } from 'undici'
-import { request } from 'undici'
 import type { Logger } from '../util/log.js'
 import type { Credential, CredentialStore } from './credentials.js'
 import { AuthError, RegistryError } from './errors.js'
@@ -12,6 +10,12 @@ interface TokenResponse {
   expires_in?: number
   issued_at?: string
 }
+
+/**
+ * One request to a token service, made by the client (its proxies, TLS settings and request deadline apply); the
+ * body is read whole.
+ */
+export type TokenFetch = (url: URL, init: { method: 'GET' | 'POST'; headers: Record<string, string>; body?: string }) => Promise<{ status: number; text: string }>
 
 interface CachedToken {
   header: string
@@ -34,7 +38,7 @@ export class Authenticator {
 
   constructor(
     private readonly credentials: CredentialStore,
-    private readonly dispatcher: Dispatcher,
+    private readonly tokenFetch: TokenFetch,
     private readonly log: Logger,
     private readonly onTokenRequest?: (status: number) => void,
   ) {}
@@ -92,30 +96,26 @@ export class Authenticator {
     url.searchParams.set('scope', scope)
     const res = cred?.kind === 'identity-token'
       ? await this.refreshTokenGrant(url, cred, challenge.params.service, scope)
-      : await request(url, {
-        dispatcher: this.dispatcher,
-        method: 'GET',
-        headers: basicHeader(cred),
-      })
-    this.onTokenRequest?.(res.statusCode)
-    const text = await res.body.text()
-    if (res.statusCode === 401 || res.statusCode === 403) {
+      : await this.tokenFetch(url, { method: 'GET', headers: basicHeader(cred) })
+    this.onTokenRequest?.(res.status)
+    const text = res.text
+    if (res.status === 401 || res.status === 403) {
       throw new AuthError(
         cred
-          ? `the token service for ${registry} refused the credentials (HTTP ${res.statusCode})`
+          ? `the token service for ${registry} refused the credentials (HTTP ${res.status})`
           : `the registry ${registry} requires authentication and no credentials were found (docker login, podman login, or --username with --password-stdin)`,
-        res.statusCode,
+        res.status,
       )
     }
-    if (res.statusCode !== 200) throw new RegistryError(`token service ${url.origin} answered HTTP ${res.statusCode}`, res.statusCode)
+    if (res.status !== 200) throw new RegistryError(`token service ${url.origin} answered HTTP ${res.status}`, res.status)
     let body: TokenResponse
     try {
       body = JSON.parse(text) as TokenResponse
     } catch {
-      throw new RegistryError(`token service ${url.origin} answered with something that is not JSON`, res.statusCode)
+      throw new RegistryError(`token service ${url.origin} answered with something that is not JSON`, res.status)
     }
     const token = body.token ?? body.access_token
-    if (!token) throw new RegistryError(`token service ${url.origin} answered without a token`, res.statusCode)
+    if (!token) throw new RegistryError(`token service ${url.origin} answered without a token`, res.status)
     const issued = body.issued_at ? Date.parse(body.issued_at) : NaN
     const start = Number.isNaN(issued) ? Date.now() : Math.min(Date.now(), issued)
     const seconds = body.expires_in && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_SECONDS
@@ -127,8 +127,7 @@ export class Authenticator {
     const form = new URLSearchParams({
       grant_type: 'refresh_token', refresh_token: cred.identityToken, service: service ?? '', scope, client_id: 'cnaifs',
     })
-    return request(new URL(url.origin + url.pathname), {
-      dispatcher: this.dispatcher,
+    return this.tokenFetch(new URL(url.origin + url.pathname), {
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
       body: form.toString(),

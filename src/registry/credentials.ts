@@ -33,10 +33,12 @@ const DOCKER_HUB_KEYS = ['https://index.docker.io/v1/', 'index.docker.io', 'dock
 export interface CredentialStoreOptions {
   /** --username with --password-stdin: applies to `forRegistry` only. */
   explicit?: { registry: string; username: string; password: string }
-  /** Files to search, in order; default: Docker's config.json then podman's auth.json locations. */
+  /** Files to search, in order (--authfile: that one only); default: Docker's config.json, podman's auth.json, kubelet's config.json. */
   files?: string[]
   env?: NodeJS.ProcessEnv
 }
+
+export const KUBELET_CONFIG = '/var/lib/kubelet/config.json'
 
 export function defaultAuthFiles(env: NodeJS.ProcessEnv = process.env): string[] {
   const files: string[] = []
@@ -44,6 +46,8 @@ export function defaultAuthFiles(env: NodeJS.ProcessEnv = process.env): string[]
   files.push(join(env.DOCKER_CONFIG ?? join(env.HOME ?? homedir(), '.docker'), 'config.json'))
   if (env.XDG_RUNTIME_DIR) files.push(join(env.XDG_RUNTIME_DIR, 'containers', 'auth.json'))
   files.push(join(env.XDG_CONFIG_HOME ?? join(env.HOME ?? homedir(), '.config'), 'containers', 'auth.json'))
+  // The kubelet's node-wide pull credentials (Docker's format), which node components read too.
+  files.push(KUBELET_CONFIG)
   return files
 }
 

@@ -47,6 +47,12 @@ export const ERROR_CODES = [
   'EDAEMON',
   /** A prefetch requested through a daemon failed. */
   'EPREFETCH',
+  /** A registry redirected to something cnaifs will not follow (file:, data:, a target refusing access). */
+  'EREDIRECT',
+  /** registries.conf blocks the registry. */
+  'EBLOCKED',
+  /** The node's registry configuration (hosts.toml, registries.conf) leaves no host to use, or is malformed. */
+  'ECONFIG',
 ] as const
 
 export type ErrorCode = (typeof ERROR_CODES)[number]

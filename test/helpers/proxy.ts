@@ -21,6 +21,8 @@ export interface ProxyRequestLog {
   bytes: number
   /** Path matches /v2/.+/blobs/sha256:<64 hex> */
   isBlob: boolean
+  /** Request headers as received (lower-case names). */
+  headers: http.IncomingHttpHeaders
 }
 
 export interface Faults {
@@ -203,7 +205,7 @@ export async function startProxy(target: string, faults: Partial<Faults> = {}): 
     const pathname = path.split('?')[0]!
     const isBlob = BLOB_PATH.test(pathname)
     const isBlobGet = isBlob && method === 'GET'
-    const entry: ProxyRequestLog = { method, path, status: 0, bytes: 0, isBlob }
+    const entry: ProxyRequestLog = { method, path, status: 0, bytes: 0, isBlob, headers: { ...req.headers } }
     if (typeof req.headers.range === 'string') entry.range = req.headers.range
     log.push(entry)
 

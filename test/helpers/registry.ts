@@ -89,7 +89,7 @@ export async function logTail(file: string, bytes = 4096): Promise<string> {
 /** YAML double-quoted scalar; JSON string syntax is valid YAML for the characters we ever write. */
 const q = (s: string): string => JSON.stringify(s)
 
-function renderConfig(o: { port: number; storageDir: string; auth?: RegistryAuth; htpasswdPath?: string }): string {
+function renderConfig(o: { port: number; storageDir: string; auth?: RegistryAuth; htpasswdPath?: string; proxyRemoteUrl?: string }): string {
   const lines = [
     'version: 0.1',
     'log:',
@@ -119,6 +119,8 @@ function renderConfig(o: { port: number; storageDir: string; auth?: RegistryAuth
     '  storagedriver:',
     '    enabled: false',
   ]
+  // A pull-through cache of another registry (distribution's proxy mode); it refuses pushes.
+  if (o.proxyRemoteUrl) lines.push('proxy:', `  remoteurl: ${q(o.proxyRemoteUrl)}`)
   if (o.auth?.kind === 'basic') {
     lines.push('auth:', '  htpasswd:', '    realm: cnaifs-test', `    path: ${q(o.htpasswdPath!)}`)
   } else if (o.auth?.kind === 'token') {
@@ -159,7 +161,7 @@ async function stopChild(child: ChildProcess): Promise<void> {
   }
 }
 
-export async function startRegistry(opts: { auth?: RegistryAuth } = {}): Promise<RegistryProcess> {
+export async function startRegistry(opts: { auth?: RegistryAuth; proxyRemoteUrl?: string } = {}): Promise<RegistryProcess> {
   if (!existsSync(REGISTRY_BINARY)) {
     throw new Error('docker-registry not installed: apt-get install docker-registry')
   }
@@ -185,7 +187,7 @@ export async function startRegistry(opts: { auth?: RegistryAuth } = {}): Promise
     const port = await freePort()
     const host = `127.0.0.1:${port}`
     const url = `http://${host}`
-    await writeFile(configPath, renderConfig({ port, storageDir, auth: opts.auth, htpasswdPath }))
+    await writeFile(configPath, renderConfig({ port, storageDir, auth: opts.auth, htpasswdPath, proxyRemoteUrl: opts.proxyRemoteUrl }))
 
     // REGISTRY_* variables override the YAML config; never let the caller's environment leak in.
     const env: NodeJS.ProcessEnv = {}

@@ -168,11 +168,11 @@ describe('FileCredentialStore: credential helpers', () => {
 })
 
 describe('defaultAuthFiles', () => {
-  it('searches REGISTRY_AUTH_FILE, Docker\'s config, then podman\'s runtime and config locations', () => {
+  it('searches REGISTRY_AUTH_FILE, Docker\'s config, podman\'s runtime and config locations, then kubelet\'s config.json', () => {
     expect(defaultAuthFiles({ HOME: '/h', REGISTRY_AUTH_FILE: '/x/auth.json', DOCKER_CONFIG: '/d', XDG_RUNTIME_DIR: '/run/user/1', XDG_CONFIG_HOME: '/c' })).toEqual([
-      '/x/auth.json', '/d/config.json', '/run/user/1/containers/auth.json', '/c/containers/auth.json',
+      '/x/auth.json', '/d/config.json', '/run/user/1/containers/auth.json', '/c/containers/auth.json', '/var/lib/kubelet/config.json',
     ])
-    expect(defaultAuthFiles({ HOME: '/h' })).toEqual(['/h/.docker/config.json', '/h/.config/containers/auth.json'])
+    expect(defaultAuthFiles({ HOME: '/h' })).toEqual(['/h/.docker/config.json', '/h/.config/containers/auth.json', '/var/lib/kubelet/config.json'])
   })
 
   it('is what a store without explicit files reads', async () => {
