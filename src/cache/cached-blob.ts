@@ -30,6 +30,13 @@ export class CorruptBlobError extends CnaifsError {
   }
 }
 
+export interface EnsureOptions {
+  /** The blob range a read needs, within its blocks (see ensure()). */
+  bytes?: { start: number; stop: number }
+  /** Why the blocks are fetched: prefetch requests say so to Dragonfly hosts. Default 'read'. */
+  purpose?: FetchPurpose
+}
+
 /** What every blob of a cache shares. */
 export interface BlobDeps {
   store: BlobStore
@@ -164,7 +171,7 @@ export class CachedBlob {
    * random read then waits for its 4 KiB, not for the 1 MiB block. Not for a blob of one block, which is never
    * served before it is verified.
    */
-  ensure(first: number, last: number, signal: AbortSignal, bytes?: { start: number; stop: number }): Promise<void> {
+  ensure(first: number, last: number, signal: AbortSignal, opts: EnsureOptions = {}): Promise<void> {
     try {
       this.assertUsable()
     } catch (err) {
@@ -172,11 +179,11 @@ export class CachedBlob {
     }
     // When loaded, the first round below runs before this returns: the read's missing blocks are claimed
     // (fetches started) before the caller starts any read-ahead, so read-ahead never fetches them twice.
-    if (this.loaded) return this.ensureLoaded(first, last, signal, bytes)
-    return raceSignal(this.load(), signal, () => this.deadline(first, last)).then(() => this.ensureLoaded(first, last, signal, bytes))
+    if (this.loaded) return this.ensureLoaded(first, last, signal, opts)
+    return raceSignal(this.load(), signal, () => this.deadline(first, last)).then(() => this.ensureLoaded(first, last, signal, opts))
   }
 
-  private async ensureLoaded(first: number, last: number, signal: AbortSignal, bytes?: { start: number; stop: number }): Promise<void> {
+  private async ensureLoaded(first: number, last: number, signal: AbortSignal, { bytes, purpose = 'read' }: EnsureOptions): Promise<void> {
     const map = this.map as BlockMap
     // Waiters leave their parts as soon as this read gives up, whatever the reason.
     const local = new AbortController()
@@ -210,7 +217,7 @@ export class CachedBlob {
           throw new CnaifsError('EIO', `blob ${this.ref.digest} blocks ${first}-${last} could not be read after ${round} attempts`)
         }
         if (missing.length) {
-          this.startFetch(missing)
+          this.startFetch(missing, purpose)
           for (const n of missing) {
             const until = bytes && map.blockCount > 1 ? Math.min(bytes.stop, (n + 1) * B) : undefined
             waits.push(this.fetcher.waitFor(n, local.signal, until))

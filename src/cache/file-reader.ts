@@ -101,7 +101,7 @@ export class FileReader implements FileDataPath {
     const replay = this.recentFailure(h, offset, end)
     if (replay) throw replay.error
     // ensure() claims this read's missing blocks before read-ahead looks for blocks to fetch.
-    const ready = blob.ensure(first, last, AbortSignal.timeout(this.readTimeoutMs), { start, stop })
+    const ready = blob.ensure(first, last, AbortSignal.timeout(this.readTimeoutMs), { bytes: { start, stop } })
     try {
       this.readAhead(h, offset, end)
     } catch (err) {

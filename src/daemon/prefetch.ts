@@ -92,7 +92,7 @@ export class Prefetcher {
         await this.throttle(started, done)
         const lease = this.o.cache.lease(part.blob, this.o.sourceFor(part.blob))
         try {
-          await lease.blob.ensure(part.first, part.last, this.controller.signal)
+          await lease.blob.ensure(part.first, part.last, this.controller.signal, { purpose: 'prefetch' })
         } catch (err) {
           if (this.stopped) return
           throw new CnaifsError('EPREFETCH', `prefetch of ${part.label}: ${errorMessage(err)}`, { cause: err })
