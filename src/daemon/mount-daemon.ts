@@ -95,10 +95,9 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
     })
     const dataPath = data
     for (const l of model.manifest.layers) await dataPath.cache.describe(layerBlob(model, l.index))
-    let prefetching = false
     fs = new ModelFilesystem({
       tree: model.tree, layers: dataPath.layers, data: dataPath.reader, uid: o.uid, gid: o.gid, log,
-      status: () => statusDocument(model, dataPath, name, binding.name, prefetching),
+      status: () => statusDocument(model, dataPath, name, binding.name),
       onOp: (op, ms, errno) => {
         if (op === 'read') metrics?.readLatency.observe(ms / 1000)
         if (errno) metrics?.fuseErrors.inc({ op, errno: String(errno) })
@@ -134,12 +133,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
       .catch((err) => { log.warn({ error: errorMessage(err) }, 'could not register in the runtime registry'); return undefined })
     log.info({ event: 'mount', reference: name, digest: model.manifest.digest, mountpoint: o.mountpoint, index: model.source, binding: binding.name, bindingReason, maxRead: session.maxRead }, 'mounted')
     await notifier.ready({ mountpoint: o.mountpoint, digest: model.manifest.digest, index: model.source })
-    if (o.prefetch !== 'none') {
-      prefetching = true
-      void dataPath.prefetcher.run(o.prefetch)
-        .catch((err) => log.warn({ error: errorMessage(err) }, 'prefetch stopped'))
-        .finally(() => { prefetching = false })
-    }
+    if (o.prefetch !== 'none') void dataPath.prefetcher.run(o.prefetch).catch((err) => log.warn({ error: errorMessage(err) }, 'prefetch stopped'))
 
     const why = await Promise.race([stop.signal, session.ended.then(() => 'the mount went away' as const)])
     log.info({ event: 'stopping', reason: typeof why === 'string' ? why : `signal ${why}`, mountpoint: o.mountpoint }, 'stopping')
@@ -166,7 +160,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
 }
 
 /** The readiness document served at `.cnaifs/status` inside the mount. */
-function statusDocument(model: OpenedModel, data: DataPath, reference: string, binding: string, prefetching: boolean): object {
+function statusDocument(model: OpenedModel, data: DataPath, reference: string, binding: string): object {
   let bytesTotal = 0
   let bytesCached = 0
   let blobsVerified = 0
@@ -176,7 +170,7 @@ function statusDocument(model: OpenedModel, data: DataPath, reference: string, b
     bytesCached += data.cache.cachedBytes(b, 0, b.size)
     if (data.cache.isVerified(b)) blobsVerified++
   }
-  const state: MountState = blobsVerified === blobs.length ? 'verified' : bytesCached === bytesTotal ? 'complete' : prefetching ? 'prefetching' : 'mounted'
+  const state: MountState = blobsVerified === blobs.length ? 'verified' : bytesCached === bytesTotal ? 'complete' : data.prefetcher.active > 0 ? 'prefetching' : 'mounted'
   return {
     state, reference, digest: model.manifest.digest, bytesCached, bytesTotal, blobsVerified, blobsTotal: blobs.length,
     binding, pid: process.pid, updatedAt: new Date().toISOString(),

@@ -40,6 +40,8 @@ const META_KINDS = new Set(['weight.config', 'doc', 'code'])
  * the cache (a part that completes a blob waits for that).
  */
 export class Prefetcher {
+  /** Fills in progress (a mount's --prefetch, `cnaifs prefetch MP`): the readiness document says "prefetching". */
+  active = 0
   private stopped = false
   private readonly controller = new AbortController()
 
@@ -80,6 +82,15 @@ export class Prefetcher {
   }
 
   async fill(ranges: PrefetchRange[], onProgress?: (done: number, total: number) => void): Promise<void> {
+    this.active++
+    try {
+      await this.fillNow(ranges, onProgress)
+    } finally {
+      this.active--
+    }
+  }
+
+  private async fillNow(ranges: PrefetchRange[], onProgress?: (done: number, total: number) => void): Promise<void> {
     const parts = splitIntoParts(ranges, this.o.cache.blockSize)
     const total = parts.reduce((n, p) => n + p.bytes, 0)
     let done = 0

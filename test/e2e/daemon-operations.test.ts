@@ -164,7 +164,7 @@ describe('a cache only its owner can read', () => {
     for (const f of [...indexFiles, ...refFiles, entry.controlSocket, entry.log, entryPath(RUNTIME_DIR, mp)]) expect(await mode(f), f).toBe(0o600)
 
     // Another local user reaches none of it, though the mount itself is the only thing it could be given.
-    for (const p of [indexFiles[0]!, join(cacheDir, 'blocks'), entry.log]) {
+    for (const p of [indexFiles[0]!, join(cacheDir, 'blobs'), entry.log]) {
       const r = await execFileAsync('runuser', ['-u', 'nobody', '--', 'cat', p]).then(() => 'read', (e: { stderr: string }) => e.stderr)
       expect(r, p).toMatch(/Permission denied/)
     }

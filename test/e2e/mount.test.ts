@@ -239,11 +239,11 @@ async function waitFor(cond: () => Promise<boolean>, timeoutMs: number, what: st
   }
 }
 
-/** Block files (named by number) the cache holds for a blob. */
-async function cachedBlockFiles(cacheDir: string, digest: string): Promise<string[]> {
+/** The files (data, map) the cache holds for a blob. */
+async function cachedBlobFiles(cacheDir: string, digest: string): Promise<string[]> {
   const hex = digest.replace(/^sha256:/, '')
   try {
-    return (await readdir(join(cacheDir, 'blocks', hex.slice(0, 2), hex))).filter((n) => /^\d+$/.test(n))
+    return (await readdir(join(cacheDir, 'blobs', hex.slice(0, 2)))).filter((n) => n.startsWith(hex))
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
     throw err
@@ -575,7 +575,7 @@ describe('a corrupted blob in the registry', () => {
     expect(await getfattr(join(mp, 'config.json'), 'user.cnaifs.cached')).toBe('0')
     expect(s.metrics.cnaifs_corrupt_blobs_total).toBeGreaterThanOrEqual(2)
     await new Promise((r) => setTimeout(r, 300))
-    for (const hex of [small, multi]) expect(await cachedBlockFiles(cli.cacheDir, hex), hex).toEqual([])
+    for (const hex of [small, multi]) expect(await cachedBlobFiles(cli.cacheDir, hex), hex).toEqual([])
     const log = await readFile(logFile, 'utf8')
     for (const hex of [small, multi]) {
       const line = log.split('\n').find((l) => l.includes(`sha256:${hex}`) && /"level":(50|60)/.test(l))

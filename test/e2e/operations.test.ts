@@ -241,14 +241,13 @@ describe('cache management', () => {
     expect(verify.code, describeResult(verify)).toBe(0)
     expect(verify.stdout.toString()).toMatch(/verified 7 complete blobs, 0 damaged/)
 
-    // Damage one block file on disk: verify finds it, removes it and exits 6.
-    const blocks = join(cacheDir, 'blocks')
-    const shard = (await readdir(blocks)).find((d) => /^[0-9a-f]{2}$/.test(d)) as string
-    const blobDir = join(blocks, shard, (await readdir(join(blocks, shard)))[0])
-    const block0 = join(blobDir, '0')
-    const data = await readFile(block0)
+    // Damage one blob's data file on disk (same length): verify finds it, removes it and exits 6.
+    const blobs = join(cacheDir, 'blobs')
+    const shard = (await readdir(blobs)).find((d) => /^[0-9a-f]{2}$/.test(d)) as string
+    const dataFile = join(blobs, shard, (await readdir(join(blobs, shard))).find((n) => n.endsWith('.data'))!)
+    const data = await readFile(dataFile)
     data[0] ^= 0xff
-    await writeFile(block0, data)
+    await writeFile(dataFile, data)
     const bad = await runCli(['--cache-dir', cacheDir, 'cache', 'verify'])
     expect(bad.code, describeResult(bad)).toBe(6)
     expect(bad.stdout.toString()).toMatch(/BAD sha256:[0-9a-f]{64}: removed/)

@@ -67,7 +67,7 @@ it('mounts as an unprivileged user with the cache under XDG_CACHE_HOME, and expl
     // Without --allow-other a user's FUSE mount is private to that user: even root is refused.
     await expect(readFile(join(mp, 'config.json'))).rejects.toMatchObject({ code: 'EACCES' })
     expect((await stat(join(home, '.cache', 'cnaifs', 'index'))).isDirectory()).toBe(true)
-    expect((await stat(join(home, '.cache', 'cnaifs', 'blocks'))).uid).toBe(65534)
+    expect((await stat(join(home, '.cache', 'cnaifs', 'blobs'))).uid).toBe(65534)
   } finally {
     const un = await asNobody(['unmount', mp])
     expect(un.code, un.stderr).toBe(0)
