@@ -417,11 +417,7 @@ static napi_value pending(napi_env env, napi_callback_info info) {
 }
 
 /*
- * exit(handle) → 0, or -errno if the loop could not be woken (it then ends by itself: the connection is gone).
- * fuse_session_exit only sets a flag that libfuse's threads check between requests, and they sit in read()
- * on /dev/fuse. So we also send the kernel a NOTIFY_RETRIEVE for the root (0 bytes): the kernel answers it
- * with a NOTIFY_REPLY request, which wakes a worker; that worker sees the flag and ends the loop. No path
- * lookup, no signal, and it works while files are still open on a lazily detached mount.
+ * exit(handle) → true if the session was still running. Ends the loop: see cn_session_exit (session.c).
  */
 static napi_value session_exit(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -429,15 +425,7 @@ static napi_value session_exit(napi_env env, napi_callback_info info) {
   cn_session *s;
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 1 || !get_session(env, argv[0], &s)) return NULL;
-  int rc = -ESHUTDOWN;
-  /* The table's lock keeps the teardown from destroying the session while we use it. */
-  pthread_mutex_lock(&s->requests.lock);
-  if (!s->requests.closing && s->se) {
-    fuse_session_exit(s->se);
-    rc = fuse_lowlevel_notify_retrieve(s->se, FUSE_ROOT_ID, 0, 0, NULL);
-  }
-  pthread_mutex_unlock(&s->requests.lock);
-  return make_number(env, rc);
+  return make_bool(env, cn_session_exit(s));
 }
 
 /* Delivers a message to the JavaScript dispatcher. Runs on the JavaScript thread. */
@@ -639,6 +627,10 @@ static void set_number(napi_env env, napi_value obj, const char *name, double v)
 
 static napi_value init(napi_env env, napi_value exports) {
   cn_log_install();
+  if (cn_wake_install() != 0) {
+    napi_throw_error(env, NULL, "cnaifs_fuse: no free real-time signal to wake FUSE loop threads with");
+    return NULL;
+  }
   const napi_property_descriptor fns[] = {
     { "mount", NULL, mount, NULL, NULL, NULL, napi_default, NULL },
     { "exit", NULL, session_exit, NULL, NULL, NULL, napi_default, NULL },

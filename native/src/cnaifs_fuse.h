@@ -20,6 +20,7 @@
 #include <fuse_lowlevel.h>
 #include <node_api.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -146,6 +147,10 @@ typedef struct cn_session {
   cn_pool pool;
   pthread_t loop_thread;
   bool loop_started;
+  /* Ending the loop (cn_session_exit): guarded by requests.lock, except loop_returned which the waker reads. */
+  _Atomic bool loop_returned;
+  bool waker_started;
+  pthread_t waker;
   int refs;                /* JavaScript thread only: the JS handle and the threadsafe function */
 } cn_session;
 
@@ -167,6 +172,10 @@ void cn_post(cn_session *s, cn_msg *m);
 void cn_dispatch(fuse_req_t req, cn_msg *m);
 void cn_session_unref(cn_session *s);
 void *cn_loop_main(void *arg);
+/* Ends a running session's loop; false if it was not running any more. Any thread. */
+bool cn_session_exit(cn_session *s);
+/* Installs the (empty) handler of the signal that wakes loop threads; 0 on success. */
+int cn_wake_install(void);
 
 /* ops.c */
 extern const struct fuse_lowlevel_ops cn_ll_ops;

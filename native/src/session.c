@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 cn_msg *cn_msg_new(uint32_t event, const char *str) {
   size_t len = str ? strlen(str) + 1 : 0;
@@ -79,9 +80,98 @@ static void strip_newlines(char *s) {
   for (char *p = s; *p; p++) if (*p == '\n') *p = ';';
 }
 
+/* ------------------------------------------------------------------------------------------------------ */
+/* Ending the loop
+ *
+ * fuse_session_exit only sets a flag. fuse_session_loop_mt's own thread (our loop thread) sleeps in
+ * sem_wait until a worker leaves, and the workers sleep in read() on /dev/fuse until the kernel has a
+ * request, which it may never have again while files stay open on a detached mount. libfuse expects a signal
+ * to interrupt that sem_wait (its own handlers call fuse_session_exit). We send one to our loop thread only,
+ * a real-time signal with an empty handler; the loop then sees the flag, cancels the workers (they are
+ * cancellable inside read()) and returns. A signal landing between the loop's check of the flag and its
+ * sem_wait would be lost, so a waker thread repeats it until the loop has returned. */
+
+static int wake_signal;
+
+static void on_wake(int sig) {
+  (void)sig; /* only interrupts sem_wait */
+}
+
+int cn_wake_install(void) {
+  if (wake_signal) return 0;
+  /* The highest real-time signal nobody handles yet (Node and libuv use none of them). */
+  for (int sig = SIGRTMAX - 2; sig >= SIGRTMIN; sig--) {
+    struct sigaction old;
+    if (sigaction(sig, NULL, &old) != 0 || old.sa_handler != SIG_DFL || (old.sa_flags & SA_SIGINFO)) continue;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_wake;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: sem_wait must return */
+    if (sigaction(sig, &sa, NULL) != 0) continue;
+    wake_signal = sig;
+    return 0;
+  }
+  return -1;
+}
+
+static void *waker_main(void *arg) {
+  cn_session *s = arg;
+  const struct timespec pause = { 0, 10 * 1000 * 1000 };
+  while (!atomic_load(&s->loop_returned)) {
+    pthread_kill(s->loop_thread, wake_signal);
+    nanosleep(&pause, NULL);
+  }
+  return NULL;
+}
+
+bool cn_session_exit(cn_session *s) {
+  bool running = false;
+  /* The table's lock orders this against the teardown: once `closing` is set the session may be destroyed. */
+  pthread_mutex_lock(&s->requests.lock);
+  if (!s->requests.closing && s->se && !atomic_load(&s->loop_returned)) {
+    running = true;
+    fuse_session_exit(s->se);
+    if (!s->waker_started) {
+      sigset_t all, old;
+      sigfillset(&all);
+      pthread_sigmask(SIG_BLOCK, &all, &old);
+      s->waker_started = pthread_create(&s->waker, NULL, waker_main, s) == 0;
+      pthread_sigmask(SIG_SETMASK, &old, NULL);
+      if (!s->waker_started) pthread_kill(s->loop_thread, wake_signal);
+    }
+  }
+  pthread_mutex_unlock(&s->requests.lock);
+  return running;
+}
+
+/* After fuse_session_loop_mt returned: no more wake-ups, and the waker (if any) is gone. */
+static void loop_returned(cn_session *s) {
+  sigset_t wake;
+  sigemptyset(&wake);
+  sigaddset(&wake, wake_signal);
+  pthread_sigmask(SIG_BLOCK, &wake, NULL); /* a late signal stays pending instead of interrupting teardown */
+  pthread_mutex_lock(&s->requests.lock);
+  atomic_store(&s->loop_returned, true);
+  bool waker = s->waker_started;
+  pthread_mutex_unlock(&s->requests.lock);
+  if (waker) pthread_join(s->waker, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+
 void *cn_loop_main(void *arg) {
   cn_session *s = arg;
   int rc = 0;
+  fuse_req_t *left;
+  size_t n;
+  struct fuse_loop_config *config;
+
+  /* Created with every signal blocked; only the wake signal gets through (libfuse's workers inherit this). */
+  sigset_t wake;
+  sigemptyset(&wake);
+  sigaddset(&wake, wake_signal);
+  pthread_sigmask(SIG_UNBLOCK, &wake, NULL);
 
   char err[1024];
   cn_log_capture_begin(err, sizeof err);
@@ -101,7 +191,7 @@ void *cn_loop_main(void *arg) {
   }
   post_simple(s, CN_EV_MOUNTED, NULL, 0);
 
-  struct fuse_loop_config *config = fuse_loop_cfg_create();
+  config = fuse_loop_cfg_create();
   if (!config) {
     rc = -ENOMEM;
   } else {
@@ -112,9 +202,10 @@ void *cn_loop_main(void *arg) {
     fuse_loop_cfg_destroy(config);
   }
 
-teardown:;
-  fuse_req_t *left = NULL;
-  size_t n = cn_requests_close(&s->requests, &left);
+teardown:
+  loop_returned(s);
+  left = NULL;
+  n = cn_requests_close(&s->requests, &left);
   for (size_t i = 0; i < n; i++) fuse_reply_err(left[i], EIO);
   free(left);
   cn_pool_stop(&s->pool);

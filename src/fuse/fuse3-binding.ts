@@ -91,7 +91,13 @@ export const FUSE3_ADDON_PATH = join(fileURLToPath(new URL('.', import.meta.url)
 /** Loads the addon; throws with the loader's reason (missing build, missing libfuse3.so.3 …). */
 export function loadFuse3Native(path = FUSE3_ADDON_PATH): Fuse3Native {
   const require = createRequire(import.meta.url)
-  const native = require(path) as Fuse3Native
+  let native: Fuse3Native
+  try {
+    native = require(path) as Fuse3Native
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND') throw new Error(`the addon is not built (${path} is missing)`)
+    throw err
+  }
   if (typeof native.mount !== 'function' || native.layout?.attrFields !== ATTR_FIELDS) {
     throw new Error(`${path} is not a compatible build of the cnaifs FUSE addon (rebuild it: npm rebuild or npm ci)`)
   }
