@@ -35,7 +35,7 @@ beforeAll(async () => {
   const base = await tempDir('cnaifs-unpriv-')
   await chmod(base, 0o755)
   project = join(base, 'project')
-  for (const part of ['bin', 'dist', 'package.json', 'node_modules']) await cp(join(REPO_ROOT, part), join(project, part), { recursive: true })
+  for (const part of ['bin', 'dist', 'package.json', 'node_modules', 'native']) await cp(join(REPO_ROOT, part), join(project, part), { recursive: true })
   home = join(base, 'home')
   await mkdir(home)
   await execFileAsync('chown', ['-R', 'nobody', home])
