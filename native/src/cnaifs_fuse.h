@@ -134,7 +134,7 @@ typedef struct cn_config {
   unsigned max_write;      /* largest read/write request: 1 MiB */
   unsigned worker_threads; /* libfuse's max_threads: workers only dispatch, so few are needed */
   unsigned reply_threads;  /* the reply pool */
-  bool splice;             /* FUSE_CAP_SPLICE_WRITE|MOVE: file-range replies splice instead of copying */
+  bool splice;             /* FUSE_CAP_SPLICE_WRITE|MOVE: file-range replies splice instead of pread+write */
   bool want_forget;        /* hand FORGET to JavaScript */
 } cn_config;
 

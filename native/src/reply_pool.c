@@ -1,14 +1,55 @@
 /*
- * The reply pool: a few threads of ours that answer reads from a file range with fuse_reply_data, so libfuse
- * reads (pread) or splices the bytes from the file straight into the reply. A read from a cold page cache
- * blocks its thread on the disk; it never blocks the JavaScript thread, and the other pool threads keep
- * answering. Jobs are answered in the order they were queued.
+ * The reply pool: a few threads of ours that answer reads from a file range: each preads the range into its
+ * own buffer and writes the reply, or (cfg.splice) has fuse_reply_data splice the file into the reply. A
+ * read from a cold page cache blocks its thread on the disk; it never blocks the JavaScript thread, and the
+ * other pool threads keep answering. Jobs are taken in the order they were queued.
  */
 #define _GNU_SOURCE
 #include "cnaifs_fuse.h"
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 
-static void answer(cn_session *s, const cn_pool_job *job) {
+/* Each pool thread's own buffer for copying replies: allocated once, so a reply costs no allocation and no
+ * page faults (libfuse's copying path allocates and frees a buffer of the reply's size every time). */
+typedef struct copy_buffer {
+  char *data;
+  size_t size;
+} copy_buffer;
+
+/* pread until `len` bytes or end of file; the count, or -errno. */
+static ssize_t read_range(int fd, char *buf, size_t len, off_t pos) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pread(fd, buf + done, len - done, pos + (off_t)done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) break;
+    done += (size_t)n;
+  }
+  return (ssize_t)done;
+}
+
+static void answer_copy(cn_session *s, copy_buffer *cb, const cn_pool_job *job) {
+  if (cb->size < job->len) {
+    free(cb->data);
+    cb->size = 0;
+    cb->data = malloc(job->len);
+    if (cb->data) cb->size = job->len;
+  }
+  /* Read first, take the request after: a teardown never waits on the disk (it answers EIO and this result
+   * is dropped). The fd stays valid meanwhile: the kernel releases the handle only after this read. */
+  ssize_t n = cb->data ? read_range(job->fd, cb->data, job->len, job->pos) : -ENOMEM;
+  fuse_req_t req = cn_requests_take(&s->requests, job->id);
+  if (!req) return; /* answered already (the session ended) */
+  if (n < 0) fuse_reply_err(req, (int)-n);
+  else fuse_reply_buf(req, cb->data, (size_t)n);
+  cn_requests_done(&s->requests);
+}
+
+static void answer_splice(cn_session *s, const cn_pool_job *job) {
   fuse_req_t req = cn_requests_take(&s->requests, job->id);
   if (!req) return; /* answered already (the session ended) */
   struct fuse_bufvec bufv = FUSE_BUFVEC_INIT(job->len);
@@ -17,12 +58,13 @@ static void answer(cn_session *s, const cn_pool_job *job) {
   bufv.buf[0].pos = job->pos;
   /* If reading the file fails, fuse_reply_data answers the request with that error itself. A file shorter
    * than the range makes a short read (FUSE_BUF_FD_RETRY stops only at end of file). */
-  fuse_reply_data(req, &bufv, s->cfg.splice ? FUSE_BUF_SPLICE_MOVE : FUSE_BUF_NO_SPLICE);
+  fuse_reply_data(req, &bufv, FUSE_BUF_SPLICE_MOVE);
   cn_requests_done(&s->requests);
 }
 
 static void *pool_main(void *arg) {
   cn_pool *p = arg;
+  copy_buffer cb = { NULL, 0 };
   pthread_mutex_lock(&p->lock);
   for (;;) {
     while (!p->head && !p->stopping) pthread_cond_wait(&p->wake, &p->lock);
@@ -31,11 +73,13 @@ static void *pool_main(void *arg) {
     p->head = job->next;
     if (!p->head) p->tail = NULL;
     pthread_mutex_unlock(&p->lock);
-    answer(p->session, job);
+    if (p->session->cfg.splice) answer_splice(p->session, job);
+    else answer_copy(p->session, &cb, job);
     free(job);
     pthread_mutex_lock(&p->lock);
   }
   pthread_mutex_unlock(&p->lock);
+  free(cb.data);
   return NULL;
 }
 
