@@ -10,6 +10,9 @@
 // Usage (root; build first: npx tsc -p tsconfig.json):
 //   node bench/fuse-ceiling.mjs [--size-mib 2048] [--runs 1] [--readahead-kb 16384] [--max-background 64]
 //                               [--splice 0|1] [--bindings fuse3,fuse-native] [--dir /var/tmp]
+// Serve mode (bench/read uses it): node bench/fuse-ceiling.mjs MOUNTPOINT [SIZE_MIB=2048] mounts MOUNTPOINT/zero.bin
+//   (memory replies) through the binding cnaifs would pick (CNAIFS_FUSE forces one), prints "ready" once
+//   mounted, and unmounts on SIGTERM.
 import { execFile } from 'node:child_process'
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -22,8 +25,9 @@ const REPO = join(fileURLToPath(import.meta.url), '..', '..')
 const MIB = 1024 * 1024
 
 const argv = process.argv.slice(2)
+const serveMountpoint = argv[0] && !argv[0].startsWith('--') ? argv[0] : undefined
 const opt = (name, def) => { const i = argv.indexOf(name); return i >= 0 ? argv[i + 1] : def }
-const sizeMib = Number(opt('--size-mib', 2048))
+const sizeMib = Number(serveMountpoint ? (argv[1] ?? 2048) : opt('--size-mib', 2048))
 const runs = Number(opt('--runs', 1))
 const readaheadKb = Number(opt('--readahead-kb', 16384))
 const maxBackground = Number(opt('--max-background', 64))
@@ -32,7 +36,7 @@ const bindings = opt('--bindings', 'fuse3,fuse-native').split(',')
 const baseDir = opt('--dir', tmpdir())
 const size = sizeMib * MIB
 
-if (process.getuid() !== 0) {
+if (!serveMountpoint && process.getuid() !== 0) {
   console.error('fuse-ceiling: run as root (it drops the page cache and tunes the mounts through sysfs)')
   process.exit(2)
 }
@@ -42,17 +46,35 @@ if (splice !== undefined) process.env.CNAIFS_FUSE_SPLICE = splice
 const { loadBinding } = await import(pathToFileURL(join(REPO, 'dist', 'fuse', 'select-binding.js')).href)
 const { FuseErrno } = await import(pathToFileURL(join(REPO, 'dist', 'fuse', 'binding.js')).href)
 
-const dir = await mkdtemp(join(baseDir, 'cnaifs-ceiling-'))
-const source = join(dir, 'source.bin')
+/** Serve mode: one file, zero.bin, answered from memory, until SIGTERM. */
+async function serve(mountpoint) {
+  const { binding, reason } = await loadBinding()
+  const memory = Buffer.alloc(MIB, 7)
+  const stats = { requests: 0, bytes: 0, maxRequest: 0 }
+  const ops = oneFileOps((_offset, length) => memory.subarray(0, length), stats, 'zero.bin')
+  await run('mkdir', ['-p', mountpoint])
+  const session = await binding.mount(mountpoint, ops, {
+    fsname: 'cnaifs:ceiling', subtype: 'cnaifs', allowOther: false, attrTimeoutS: 3600, entryTimeoutS: 3600, negativeTimeoutS: 3600,
+    readaheadBytes: readaheadKb * 1024, maxBackground, congestionThreshold: Math.floor(maxBackground * 3 / 4),
+  })
+  console.log('ready')
+  const stop = () => session.unmount().then(() => {
+    console.error(`${session.binding} (${reason}): ${stats.requests} reads, largest ${stats.maxRequest / 1024} KiB`)
+    process.exit(0)
+  })
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
+  await new Promise(() => {})
+}
 
-/** A one-file filesystem: /data, answered by `answer(offset, length)`. */
-function oneFileOps(answer, stats) {
+/** A one-file filesystem: /<name>, answered by `answer(offset, length)`. */
+function oneFileOps(answer, stats, name = 'data') {
   const now = Date.now()
   const attr = (ino, mode, sz) => ({ ino, mode, nlink: 1, uid: 0, gid: 0, size: sz, blocks: Math.ceil(sz / 512), blksize: MIB, atimeMs: now, mtimeMs: now, ctimeMs: now })
   const root = attr(1, 0o040755, 4096)
   const file = attr(2, 0o100444, size)
   return {
-    lookup(parent, name) { if (parent === 1 && name === 'data') return file; throw new FuseErrno(2) },
+    lookup(parent, child) { if (parent === 1 && child === name) return file; throw new FuseErrno(2) },
     getattr(ino) { return ino === 1 ? root : file },
     readlink() { throw new FuseErrno(22) },
     open() { return 1 },
@@ -64,7 +86,7 @@ function oneFileOps(answer, stats) {
     },
     release() {},
     opendir() { return 1 },
-    readdir() { return [{ name: '.', attr: root }, { name: '..', attr: root }, { name: 'data', attr: file }] },
+    readdir() { return [{ name: '.', attr: root }, { name: '..', attr: root }, { name, attr: file }] },
     releasedir() {},
     getxattr() { throw new FuseErrno(61) },
     listxattr() { return [] },
@@ -156,6 +178,9 @@ async function main() {
   console.log(`- uptime: ${uptime.trim()}`)
 }
 
+if (serveMountpoint) await serve(serveMountpoint) // never returns
+const dir = await mkdtemp(join(baseDir, 'cnaifs-ceiling-'))
+const source = join(dir, 'source.bin')
 try {
   await main()
 } finally {

@@ -190,8 +190,22 @@ class FuseNativeSession implements FuseSession {
   private readonly paths: LRUCache<string, number>
   private readonly resolving = new Map<string, Promise<number>>()
 
-  constructor(readonly mountpoint: string, private readonly ops: FuseOps, private readonly options: FuseMountOptions) {
+  /** The filesystem's operations, refusing with EIO once the session ended (a path walk may be half done). */
+  private readonly ops: FuseOps
+
+  constructor(readonly mountpoint: string, ops: FuseOps, private readonly options: FuseMountOptions) {
     this.ended = new Promise<void>((res) => { this.resolveEnded = res })
+    const live = <A extends unknown[], R>(f: (...args: A) => R) => (...args: A): R => {
+      if (this.isEnded) throw new FuseErrno(E.EIO, 'the FUSE session has ended')
+      return f.apply(ops, args)
+    }
+    this.ops = {
+      lookup: live(ops.lookup), getattr: live(ops.getattr), readlink: live(ops.readlink), open: live(ops.open),
+      read: live(ops.read), release: live(ops.release), opendir: live(ops.opendir), readdir: live(ops.readdir),
+      releasedir: live(ops.releasedir), getxattr: live(ops.getxattr), listxattr: live(ops.listxattr),
+      statfs: live(ops.statfs), access: live(ops.access),
+      forget: ops.forget ? (ino, n) => { if (!this.isEnded) ops.forget!.call(ops, ino, n) } : undefined,
+    }
     this.paths = new LRUCache<string, number>({
       max: PATH_CACHE_ENTRIES,
       // Each cached path holds one lookup; dropping it is that lookup's forget (not at the end of the
@@ -396,7 +410,6 @@ class FuseNativeSession implements FuseSession {
         const parent = await this.resolve(dirname(path))
         const attr = await this.ops.lookup(parent, basename(path))
         if (!this.isEnded) this.paths.set(path, attr.ino)
-        else this.forget(attr.ino, 1)
         return attr.ino
       })()
       const settled = walk
