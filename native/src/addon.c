@@ -542,6 +542,7 @@ static napi_value mount(napi_env env, napi_callback_info info) {
   s->cfg.max_background = (unsigned)prop_number(env, cfg, "maxBackground", 12);
   s->cfg.congestion_threshold = (unsigned)prop_number(env, cfg, "congestionThreshold", 9);
   s->cfg.max_write = (unsigned)prop_number(env, cfg, "maxWrite", 1 << 20);
+  s->cfg.max_readahead = (unsigned)prop_number(env, cfg, "maxReadahead", 1 << 30);
   s->cfg.worker_threads = (unsigned)prop_number(env, cfg, "workerThreads", 4);
   s->cfg.reply_threads = (unsigned)prop_number(env, cfg, "replyThreads", 4);
   s->cfg.splice = prop_bool(env, cfg, "splice");

@@ -132,6 +132,7 @@ typedef struct cn_config {
   double attr_timeout, entry_timeout, negative_timeout;
   unsigned max_background, congestion_threshold;
   unsigned max_write;      /* largest read/write request: 1 MiB */
+  unsigned max_readahead;  /* INIT can only lower the kernel's readahead; sysfs raises it after INIT */
   unsigned worker_threads; /* libfuse's max_threads: workers only dispatch, so few are needed */
   unsigned reply_threads;  /* the reply pool */
   bool splice;             /* FUSE_CAP_SPLICE_WRITE|MOVE: file-range replies splice instead of pread+write */

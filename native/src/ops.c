@@ -31,6 +31,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn) {
   /* libfuse sized max_write to its buffer (1 MiB); it also sets max_pages from it, which is what lets the
    * kernel send 1 MiB reads. */
   if (s->cfg.max_write && conn->max_write > s->cfg.max_write) conn->max_write = s->cfg.max_write;
+  if (conn->max_readahead > s->cfg.max_readahead) conn->max_readahead = s->cfg.max_readahead;
   conn->max_background = s->cfg.max_background;
   conn->congestion_threshold = s->cfg.congestion_threshold;
   /* Content never changes under a mount: nothing for the kernel to invalidate on a changed mtime. */

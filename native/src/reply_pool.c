@@ -65,6 +65,7 @@ static void answer_splice(cn_session *s, const cn_pool_job *job) {
 static void *pool_main(void *arg) {
   cn_pool *p = arg;
   copy_buffer cb = { NULL, 0 };
+  pthread_setname_np(pthread_self(), "cnaifs-reply");
   pthread_mutex_lock(&p->lock);
   for (;;) {
     while (!p->head && !p->stopping) pthread_cond_wait(&p->wake, &p->lock);

@@ -117,6 +117,7 @@ int cn_wake_install(void) {
 
 static void *waker_main(void *arg) {
   cn_session *s = arg;
+  pthread_setname_np(pthread_self(), "cnaifs-wake");
   const struct timespec pause = { 0, 10 * 1000 * 1000 };
   while (!atomic_load(&s->loop_returned)) {
     pthread_kill(s->loop_thread, wake_signal);
@@ -167,7 +168,9 @@ void *cn_loop_main(void *arg) {
   size_t n;
   struct fuse_loop_config *config;
 
-  /* Created with every signal blocked; only the wake signal gets through (libfuse's workers inherit this). */
+  /* Named so a stuck thread is easy to spot (libfuse's workers inherit the name); created with every signal
+   * blocked, only the wake signal gets through (the workers inherit that too). */
+  pthread_setname_np(pthread_self(), "cnaifs-fuse");
   sigset_t wake;
   sigemptyset(&wake);
   sigaddset(&wake, wake_signal);

@@ -59,6 +59,7 @@ interface NativeConfig {
   maxBackground: number
   congestionThreshold: number
   maxWrite: number
+  maxReadahead: number
   workerThreads: number
   replyThreads: number
   splice: boolean
@@ -206,6 +207,7 @@ class Fuse3Session implements FuseSession {
       maxBackground: o.maxBackground,
       congestionThreshold: o.congestionThreshold,
       maxWrite: MAX_REQUEST,
+      maxReadahead: o.readaheadBytes,
       workerThreads: WORKER_THREADS,
       replyThreads: REPLY_THREADS,
       splice: SPLICE,

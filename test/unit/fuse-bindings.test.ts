@@ -74,7 +74,7 @@ class TestFs implements FuseOps {
   readonly forgets: Array<[number, number]> = []
   lookups = 0
   opens = 0
-  releases = 0
+  readonly releases = new Counter()
   /** Reads of these inodes wait for the gate. */
   gates = new Map<number, Deferred>()
   private nextIno = ROOT_INO
@@ -155,7 +155,7 @@ class TestFs implements FuseOps {
   }
 
   release(): void {
-    this.releases++
+    this.releases.add()
   }
 
   opendir(ino: number): number {
@@ -224,6 +224,8 @@ async function buildFixture(): Promise<Fixture> {
   const ino: Record<string, number> = {}
   ino.hello = fs.add(ROOT_INO, 'hello.txt', { mode: 0o100644, data: hello })
   ino.mem = fs.add(ROOT_INO, 'mem.bin', { mode: 0o100644, data: mem })
+  // Read once, buffered, by the request-size test (so nothing of it is in the page cache before).
+  ino.stream = fs.add(ROOT_INO, 'stream.bin', { mode: 0o100644, data: Buffer.alloc(8 * MIB, 's') })
   // Ranges as asked (crossing the end of the backing file near the end: a short read there).
   ino.data = fs.add(ROOT_INO, 'data.bin', { mode: 0o100644, size: DATA_SIZE, range: { fd: backingFd, base: RANGE_BASE, clamp: false } })
   // Ranges clamped to the file; longer than asked (the binding must cut them); empty.
@@ -281,6 +283,20 @@ function runChild(cmd: string, args: string[]): { child: ChildProcess; done: Pro
   child.stderr!.on('data', (d: Buffer) => { stderr += d.toString() })
   const done = new Promise<{ code: number | null; stderr: string }>((res) => child.on('exit', (code) => res({ code, stderr })))
   return { child, done }
+}
+
+/** Names of this process's threads matching `pattern`, once none is left (or those left after 20 s). */
+async function untilNoThreadsNamed(pattern: RegExp): Promise<string[]> {
+  const deadline = Date.now() + 20_000
+  for (;;) {
+    const names: string[] = []
+    for (const tid of await fsp.readdir('/proc/self/task')) {
+      const comm = (await fsp.readFile(`/proc/self/task/${tid}/comm`, 'utf8').catch(() => '')).trim()
+      if (pattern.test(comm)) names.push(comm)
+    }
+    if (names.length === 0 || Date.now() > deadline) return names
+    await new Promise((r) => setTimeout(r, 50))
+  }
 }
 
 /** Waits for a line starting with `prefix` on a child's stdout. */
@@ -450,7 +466,7 @@ describe.each(BINDINGS)('%s binding', (name) => {
   })
 
   it('lists directories, a big one across many readdir pages from one listing', async () => {
-    expect((await fsp.readdir(mp)).sort()).toEqual(['big', 'clamped.bin', 'data.bin', 'empty-range.bin', 'gated.bin', 'hello.txt', 'link', 'mem.bin', 'over.bin', 'sub', 'xattrs.txt'])
+    expect((await fsp.readdir(mp)).sort()).toEqual(['big', 'clamped.bin', 'data.bin', 'empty-range.bin', 'gated.bin', 'hello.txt', 'link', 'mem.bin', 'over.bin', 'stream.bin', 'sub', 'xattrs.txt'])
     const entries = await fsp.readdir(join(mp, 'big'), { withFileTypes: true })
     expect(entries).toHaveLength(BIG_DIR_ENTRIES)
     expect(new Set(entries.map((e) => e.name)).size).toBe(BIG_DIR_ENTRIES)
@@ -565,14 +581,19 @@ describe.each(BINDINGS)('%s binding', (name) => {
     expect(f.fs.reads.some((r) => r.ino === f.ino.emptyRange && r.rangeLength === 0)).toBe(true)
   })
 
-  it(`sends read requests of up to ${name === 'fuse3' ? '1 MiB' : '128 KiB'}`, async () => {
-    const before = f.fs.reads.length
-    const r = await sh('dd', [`if=${join(mp, 'mem.bin')}`, 'of=/dev/null', 'bs=1M'])
+  it(`sends read requests of up to ${name === 'fuse3' ? '1 MiB' : '128 KiB'}, buffered and direct`, async () => {
+    let before = f.fs.reads.length
+    const r = await sh('dd', [`if=${join(mp, 'stream.bin')}`, 'of=/dev/null', 'bs=1M'])
     expect(r.code, r.stderr).toBe(0)
+    // Through the page cache: what readahead (read_ahead_kb = readaheadBytes, 1 MiB here) makes of 1 MiB reads.
+    const buffered = f.fs.reads.slice(before).map((x) => x.length)
+    expect(Math.max(...buffered)).toBe(session.maxRead)
+    before = f.fs.reads.length
     const direct = await sh('dd', [`if=${join(mp, 'clamped.bin')}`, 'of=/dev/null', 'bs=4M', 'iflag=direct'])
     expect(direct.code, direct.stderr).toBe(0)
     const sizes = f.fs.reads.slice(before).map((x) => x.length)
     expect(Math.max(...sizes)).toBe(session.maxRead)
+    expect(sizes.filter((n) => n === session.maxRead).length).toBeGreaterThanOrEqual(2)
   })
 
   it('keeps serving other files while 64 reads of one file wait', async () => {
@@ -597,10 +618,13 @@ describe.each(BINDINGS)('%s binding', (name) => {
     expect(results.filter((r) => r.code !== 0)).toEqual([])
   })
 
-  it('has answered every request and reported nothing unexpected', () => {
+  it('has answered every request, released every open file and reported nothing unexpected', async () => {
+    // The kernel sends RELEASE in the background after the last close: wait for all of them, after which
+    // nothing is in flight.
+    await f.fs.releases.reach(f.fs.opens)
+    expect(f.fs.releases.count).toBe(f.fs.opens)
     expect(session.pendingRequests()).toBe(0)
     expect(unexpected).toEqual([])
-    expect(f.fs.releases).toBe(f.fs.opens)
   })
 })
 
@@ -646,16 +670,21 @@ describe.each(BINDINGS)('%s session end', (name) => {
       f.fs.gates.delete(f.ino.gated)
       gate.resolve() // the filesystem answers now; the binding drops these answers
     }
+    if (name === 'fuse3') {
+      // The loop thread, libfuse's workers, the reply pool and the waker are all gone (the loop thread is
+      // joined by the addon's finalizer, which runs on this thread shortly after ended).
+      expect(await untilNoThreadsNamed(/^cnaifs-/)).toEqual([])
+    }
     // The late answers went nowhere, and the binding still mounts and serves.
     const again = await freshMount()
     expect(await fsp.readFile(join(again.mp, 'hello.txt'), 'utf8')).toBe('hello world\n')
     await again.session.unmount()
   })
 
-  it('ends the session when it is unmounted from outside (fusermount -uz)', async () => {
+  it.each([['fusermount', '-u'], ['fusermount', '-uz'], ['umount', '-l']])('ends the session when it is unmounted from outside (%s %s)', async (cmd, flag) => {
     const { mp, session } = await freshMount()
     expect(await fsp.readFile(join(mp, 'hello.txt'), 'utf8')).toBe('hello world\n')
-    const r = await sh('fusermount', ['-uz', mp])
+    const r = await sh(cmd, [flag, mp])
     expect(r.code, r.stderr).toBe(0)
     await session.ended
     expect(await isMounted(mp)).toBe(false)
@@ -685,6 +714,23 @@ describe.each(BINDINGS)('%s session end', (name) => {
     const session = await binding.mount(mp, f.fs, mountOptions())
     try {
       expect(await fsp.readFile(join(mp, 'hello.txt'), 'utf8')).toBe('hello world\n')
+    } finally {
+      await session.unmount()
+    }
+  })
+
+  it('lets other users in with allowOther', async () => {
+    const mp = await fsp.mkdtemp(join(f.dir, 'mnt-'))
+    await fsp.chmod(f.dir, 0o755)
+    const session = await binding.mount(mp, f.fs, mountOptions({ allowOther: true }))
+    try {
+      const line = (await fsp.readFile('/proc/mounts', 'utf8')).split('\n').find((l) => l.split(' ')[1] === mp)
+      expect(line).toContain('allow_other')
+      const cat = await sh('runuser', ['-u', 'nobody', '--', 'cat', join(mp, 'hello.txt')])
+      expect(cat.stdout).toBe('hello world\n')
+      // default_permissions: the kernel checks modes itself (nested.txt is 0600, owned by root).
+      const denied = await sh('runuser', ['-u', 'nobody', '--', 'cat', join(mp, 'sub', 'nested.txt')])
+      expect(denied.stderr).toContain('Permission denied')
     } finally {
       await session.unmount()
     }
