@@ -447,6 +447,7 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   }
   /* Answered already (the session ended while this message was queued): JavaScript never sees it. */
   if (m->id && !cn_requests_alive(&s->requests, m->id)) {
+    free(m->pairs);
     free(m);
     return;
   }
@@ -487,11 +488,33 @@ static void call_js(napi_env env, napi_value js_cb, void *context, void *data) {
   free(m);
 }
 
+/* JavaScript thread only: waits for the loop thread once. */
+static void join_loop(cn_session *s) {
+  if (!s->loop_started || s->loop_joined) return;
+  pthread_join(s->loop_thread, NULL);
+  s->loop_joined = true;
+}
+
+/* Node tears the environment down (a worker thread ends, the process shuts down) while the session may still
+ * run: end it and wait for the loop thread, which answers what is waiting and unmounts nothing else. */
+static void env_cleanup(void *arg) {
+  cn_session *s = arg;
+  s->cleanup_hooked = false;
+  cn_session_exit(s);
+  join_loop(s);
+  cn_session_unref(s);
+}
+
 static void tsfn_finalize(napi_env env, void *data, void *hint) {
-  (void)env; (void)hint;
+  (void)hint;
   cn_session *s = data;
   /* The loop thread released the function as its last act; it is gone or about to return. */
-  if (s->loop_started) pthread_join(s->loop_thread, NULL);
+  join_loop(s);
+  if (s->cleanup_hooked) {
+    s->cleanup_hooked = false;
+    napi_remove_env_cleanup_hook(env, env_cleanup, s);
+    cn_session_unref(s);
+  }
   cn_session_unref(s);
 }
 
@@ -589,6 +612,10 @@ static napi_value mount(napi_env env, napi_callback_info info) {
   if (napi_create_external(env, s, external_finalize, NULL, &handle) != napi_ok) {
     s->refs = 1;
     handle = NULL;
+  }
+  if (napi_add_env_cleanup_hook(env, env_cleanup, s) == napi_ok) {
+    s->cleanup_hooked = true;
+    s->refs++;
   }
 
   /* Our threads (and libfuse's, which inherit the mask) take no signals: Node handles them on its own. */

@@ -147,12 +147,13 @@ typedef struct cn_session {
   cn_requests requests;
   cn_pool pool;
   pthread_t loop_thread;
-  bool loop_started;
+  bool loop_started, loop_joined; /* JavaScript thread only */
+  bool cleanup_hooked;            /* an env cleanup hook holds a reference (JavaScript thread only) */
   /* Ending the loop (cn_session_exit): guarded by requests.lock, except loop_returned which the waker reads. */
   _Atomic bool loop_returned;
   bool waker_started;
   pthread_t waker;
-  int refs;                /* JavaScript thread only: the JS handle and the threadsafe function */
+  int refs;                /* JavaScript thread only: the JS handle, the threadsafe function, the cleanup hook */
 } cn_session;
 
 /* A message queued to JavaScript. `str` points into the same allocation. */
