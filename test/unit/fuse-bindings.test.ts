@@ -21,6 +21,7 @@ import { fuse3MountOptions } from '../../src/fuse/fuse3-binding.js'
 import { findMount, isMounted, parseMountinfo } from '../../src/fuse/mount-table.js'
 import { CnaifsError } from '../../src/util/errors.js'
 import { REPO_ROOT } from '../helpers/cli.js'
+import { withDevFuseLock } from '../helpers/dev-fuse-lock.js'
 
 const execFileAsync = promisify(execFile)
 const E = osConstants.errno
@@ -745,10 +746,8 @@ describe.each(BINDINGS)('%s session end', (name) => {
 
 describe.each(BINDINGS)('%s unprivileged mount', (name) => {
   let project: string
-  let fuseMode: number
 
   beforeAll(async () => {
-    fuseMode = (await fsp.stat('/dev/fuse')).mode & 0o777
     const base = await scratch('cnaifs-unpriv-bindings-')
     await fsp.chmod(base, 0o755)
     project = join(base, 'project')
@@ -759,11 +758,9 @@ describe.each(BINDINGS)('%s unprivileged mount', (name) => {
     await execFileAsync('chmod', ['-R', 'a+rX', base])
   })
 
-  afterAll(async () => {
-    await fsp.chmod('/dev/fuse', fuseMode)
-  })
-
-  it('mounts through fusermount as nobody, private to that user, and unmounts', async () => {
+  // fusermount opens /dev/fuse with the user's rights: nobody needs it readable and writable, and other test
+  // files change its mode too, so hold the lock (it also restores the mode).
+  it('mounts through fusermount as nobody, private to that user, and unmounts', () => withDevFuseLock(async () => {
     await fsp.chmod('/dev/fuse', 0o666)
     const home = await scratch('cnaifs-nobody-')
     await fsp.chmod(home, 0o755)
@@ -792,5 +789,5 @@ describe.each(BINDINGS)('%s unprivileged mount', (name) => {
       expect(await exited).toBe(0)
     }
     expect(await isMounted(mp)).toBe(false)
-  })
+  }))
 })
