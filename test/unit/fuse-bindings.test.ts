@@ -11,6 +11,8 @@ import type { FileHandle } from 'node:fs/promises'
 import { constants as osConstants, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { Worker } from 'node:worker_threads'
+import { once } from 'node:events'
 import {
   FuseErrno, ROOT_INO, type BindingName, type FuseAttr, type FuseBinding, type FuseDirEntry, type FuseMountOptions,
   type FuseOps, type FuseSession, type FuseStatfs, type ReadReply,
@@ -790,4 +792,47 @@ describe.each(BINDINGS)('%s unprivileged mount', (name) => {
     }
     expect(await isMounted(mp)).toBe(false)
   }))
+})
+
+describe('fuse3 addon in a worker thread', () => {
+  it('ends a live session when the worker is terminated, leaving no thread behind', async () => {
+    const dir = await scratch('cnaifs-worker-')
+    const mp = join(dir, 'mnt')
+    await fsp.mkdir(mp)
+    // The worker mounts with the built code (dist), as the daemon would, and never unmounts.
+    const worker = new Worker(`
+      const { parentPort, workerData } = require('node:worker_threads')
+      const { pathToFileURL } = require('node:url')
+      const { join } = require('node:path')
+      import(pathToFileURL(join(workerData.root, 'dist', 'fuse', 'select-binding.js')).href).then(async ({ loadBinding }) => {
+        const { binding } = await loadBinding({ CNAIFS_FUSE: 'fuse3' })
+        const attr = (ino, mode, size) => ({ ino, mode, nlink: 1, uid: 0, gid: 0, size, blocks: 0, blksize: 4096, atimeMs: 0, mtimeMs: 0, ctimeMs: 0 })
+        const data = Buffer.from('from the worker')
+        const ops = {
+          lookup: (p, n) => attr(2, 0o100644, data.length), getattr: (i) => (i === 1 ? attr(1, 0o40755, 0) : attr(2, 0o100644, data.length)),
+          readlink: () => '', open: () => 1, read: (i, fh, off, len) => data.subarray(off, off + len), release: () => {},
+          opendir: () => 1, readdir: () => [], releasedir: () => {}, getxattr: () => Buffer.alloc(0), listxattr: () => [],
+          statfs: () => ({ bsize: 4096, frsize: 4096, blocks: 1, bfree: 0, bavail: 0, files: 1, ffree: 0, favail: 0, namemax: 255 }), access: () => {},
+        }
+        await binding.mount(workerData.mp, ops, { fsname: 'cnaifs:worker', subtype: 'cnaifs', allowOther: false, attrTimeoutS: 1, entryTimeoutS: 1, negativeTimeoutS: 0, readaheadBytes: 131072, maxBackground: 12, congestionThreshold: 9 })
+        parentPort.postMessage('mounted')
+      }, (err) => parentPort.postMessage(String(err)))
+    `, { eval: true, workerData: { root: REPO_ROOT, mp } })
+    const [message] = await once(worker, 'message')
+    expect(message).toBe('mounted')
+    expect(await fsp.readFile(join(mp, 'file'), 'utf8')).toBe('from the worker')
+    await worker.terminate()
+    expect(await untilNoThreadsNamed(/^cnaifs-/)).toEqual([])
+    // The connection is gone (nothing could detach the mount from a dying worker); the next mount clears it.
+    await expect(fsp.statfs(mp)).rejects.toMatchObject({ code: 'ENOTCONN' })
+    const { binding } = await loadBinding({ CNAIFS_FUSE: 'fuse3' })
+    const fs = new TestFs()
+    fs.add(ROOT_INO, 'again.txt', { mode: 0o100644, data: Buffer.from('again') })
+    const session = await binding.mount(mp, fs, mountOptions())
+    try {
+      expect(await fsp.readFile(join(mp, 'again.txt'), 'utf8')).toBe('again')
+    } finally {
+      await session.unmount()
+    }
+  })
 })
