@@ -210,12 +210,15 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /**
- * Checks a mountpoint before mounting: clears a stale mount left by a dead daemon, then requires an existing
- * directory. Returns the canonical path and whether a stale mount was cleared.
+ * Checks a mountpoint before mounting: clears a stale mount left by a dead daemon, refuses a live mount (a
+ * second daemon would stack over the first), then requires an existing directory. Returns the canonical path
+ * and whether a stale mount was cleared.
  */
 export async function prepareMountpoint(mountpoint: string): Promise<{ mountpoint: string; clearedStale: boolean }> {
   const mp = await canonicalMountpoint(mountpoint)
   const clearedStale = await clearStaleMount(mp)
+  const live = await findMount(mp)
+  if (live) throw new CnaifsError('EMOUNT', `cannot mount at ${mp}: it is already a mount point (${live.fsType} ${live.source})`)
   let isDir: boolean
   try {
     isDir = (await fsp.stat(mp)).isDirectory()

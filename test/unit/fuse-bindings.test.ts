@@ -646,7 +646,8 @@ describe.each(BINDINGS)('%s session end', (name) => {
   })
 
   async function freshMount(): Promise<{ mp: string; session: FuseSession }> {
-    const mp = await fsp.mkdtemp(join(f.dir, 'mnt-'))
+    // A name a shell would expand: nothing on the way (mount, fusermount, unmount) may go through one.
+    const mp = await fsp.mkdtemp(join(f.dir, 'mnt $HOME `id` \\ '))
     return { mp, session: await binding.mount(mp, f.fs, mountOptions()) }
   }
 
@@ -734,6 +735,17 @@ describe.each(BINDINGS)('%s session end', (name) => {
       // default_permissions: the kernel checks modes itself (nested.txt is 0600, owned by root).
       const denied = await sh('runuser', ['-u', 'nobody', '--', 'cat', join(mp, 'sub', 'nested.txt')])
       expect(denied.stderr).toContain('Permission denied')
+    } finally {
+      await session.unmount()
+    }
+  })
+
+  it('refuses to mount over a live mount', async () => {
+    const { mp, session } = await freshMount()
+    try {
+      await expect(binding.mount(mp, f.fs, mountOptions())).rejects.toSatisfy((err: unknown) =>
+        err instanceof CnaifsError && err.code === 'EMOUNT' && err.message.includes('already a mount point (fuse.cnaifs cnaifs:registry.test/model,v1:latest)'))
+      expect(await fsp.readFile(join(mp, 'hello.txt'), 'utf8')).toBe('hello world\n')
     } finally {
       await session.unmount()
     }
