@@ -14,7 +14,7 @@
 //   (memory replies) through the binding cnaifs would pick (CNAIFS_FUSE forces one), prints "ready" once
 //   mounted, and unmounts on SIGTERM.
 import { execFile } from 'node:child_process'
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
@@ -95,6 +95,14 @@ function oneFileOps(answer, stats, name = 'data') {
   }
 }
 
+/** CPU time (ms) of this process's main thread, the JavaScript thread: utime + stime of its task. */
+async function jsThreadCpuMs() {
+  const stat = await readFile(`/proc/self/task/${process.pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) * 1000 / CLOCK_TICKS
+}
+const CLOCK_TICKS = 100 // sysconf(_SC_CLK_TCK) on Linux
+
 async function dropCaches() {
   await run('sync')
   await writeFile('/proc/sys/vm/drop_caches', '3\n')
@@ -140,6 +148,7 @@ async function main() {
       })
       const speeds = []
       const cpuPerGib = []
+      const jsPerGib = []
       try {
         for (let r = 0; r < runs; r++) {
           await dropCaches()
@@ -147,15 +156,18 @@ async function main() {
           // CPU time of this process (every thread: JavaScript, libfuse's workers, the reply pool) while dd
           // reads: what serving costs, much less sensitive to a busy machine than MB/s.
           const cpu = process.cpuUsage()
+          const js = await jsThreadCpuMs()
           speeds.push(await dd(join(mp, 'data')))
           const used = process.cpuUsage(cpu)
-          cpuPerGib.push((used.user + used.system) / 1000 / (size / 1024 / MIB))
+          const gib = size / 1024 / MIB
+          cpuPerGib.push((used.user + used.system) / 1000 / gib)
+          jsPerGib.push(((await jsThreadCpuMs()) - js) / gib)
         }
       } finally {
         await session.unmount()
       }
       results[`${name}/${kind}`] = median(speeds)
-      details.push(`${name} ${kind}: ${speeds.map((s) => s.toFixed(0)).join(', ')} MB/s; server CPU ${cpuPerGib.map((c) => c.toFixed(0)).join(', ')} ms/GiB; ${stats.requests} requests, largest ${stats.maxRequest / 1024} KiB, mean ${(stats.bytes / Math.max(1, stats.requests) / 1024).toFixed(0)} KiB (${reason})`)
+      details.push(`${name} ${kind}: ${speeds.map((s) => s.toFixed(0)).join(', ')} MB/s; server CPU ${cpuPerGib.map((c) => c.toFixed(0)).join(', ')} ms/GiB (JavaScript thread ${jsPerGib.map((c) => c.toFixed(0)).join(', ')}); ${stats.requests} requests, largest ${stats.maxRequest / 1024} KiB, mean ${(stats.bytes / Math.max(1, stats.requests) / 1024).toFixed(0)} KiB (${reason})`)
     }
   }
   await src.close()
