@@ -200,37 +200,39 @@ class Fuse3Session implements FuseSession {
     // Both settle through the event handler; keep an early rejection from being reported as unhandled.
     initialised.catch(() => {})
     const o = this.options
-    this.handle = this.native.mount(this.mountpoint, fuse3MountOptions(o), {
-      attrTimeoutS: o.attrTimeoutS,
-      entryTimeoutS: o.entryTimeoutS,
-      negativeTimeoutS: o.negativeTimeoutS,
-      maxBackground: o.maxBackground,
-      congestionThreshold: o.congestionThreshold,
-      maxWrite: MAX_REQUEST,
-      maxReadahead: o.readaheadBytes,
-      workerThreads: WORKER_THREADS,
-      replyThreads: REPLY_THREADS,
-      splice: SPLICE,
-      wantForget: typeof this.ops.forget === 'function',
-    }, (event, id, ino, a, b, c, extra) => this.onEvent(event, id, ino, a, b, c, extra))
+    try {
+      this.handle = this.native.mount(this.mountpoint, fuse3MountOptions(o), {
+        attrTimeoutS: o.attrTimeoutS,
+        entryTimeoutS: o.entryTimeoutS,
+        negativeTimeoutS: o.negativeTimeoutS,
+        maxBackground: o.maxBackground,
+        congestionThreshold: o.congestionThreshold,
+        maxWrite: MAX_REQUEST,
+        maxReadahead: o.readaheadBytes,
+        workerThreads: WORKER_THREADS,
+        replyThreads: REPLY_THREADS,
+        splice: SPLICE,
+        wantForget: typeof this.ops.forget === 'function',
+      }, (event, id, ino, a, b, c, extra) => this.onEvent(event, id, ino, a, b, c, extra))
+    } catch (err) {
+      // fuse_session_new refused the options (libfuse's message).
+      throw new CnaifsError('EMOUNT', `cannot mount at ${this.mountpoint}: ${errorMessage(err)}`, { cause: err })
+    }
     try {
       await mounted
+      // In the mount table as soon as mount(2) returned; its device number tells our mount from any other.
+      const m = await findMount(this.mountpoint)
+      if (!m) throw new Error('the new mount is not in the mount table')
+      this.dev = { major: m.major, minor: m.minor }
       await initialised
       // FUSE_INIT's reply reaches the kernel right after our init callback; a statfs waits for it (the kernel
       // holds requests until the connection is initialised), and tuning before it would be undone by it.
       await fsp.statfs(this.mountpoint)
     } catch (err) {
-      if (!this.isEnded) {
-        this.native.exit(this.handle)
-        await this.ended
-      }
+      if (!this.isEnded) await this.unmount().catch(() => {})
       throw err instanceof CnaifsError ? err : new CnaifsError('EMOUNT', `cannot mount at ${this.mountpoint}: ${errorMessage(err)}`, { cause: err })
     }
-    const m = await findMount(this.mountpoint)
-    if (m) {
-      this.dev = { major: m.major, minor: m.minor }
-      await tuneMount(this.dev, { readaheadBytes: o.readaheadBytes })
-    }
+    await tuneMount(this.dev, { readaheadBytes: o.readaheadBytes })
   }
 
   pendingRequests(): number {
