@@ -228,7 +228,7 @@ class Fuse3Session implements FuseSession {
       // FUSE_INIT's reply reaches the kernel right after our init callback; a statfs waits for it (the kernel
       // holds requests until the connection is initialised), and tuning before it would be undone by it.
       await fsp.statfs(this.mountpoint)
-      // Kernels since 6.13 also cap max_pages with a sysctl (256 by default).
+      // Newer kernels also cap max_pages with a sysctl (fs.fuse.max_pages_limit, 256 by default).
       const limit = Number(await fsp.readFile('/proc/sys/fs/fuse/max_pages_limit', 'utf8').catch(() => ''))
       if (limit > 0) this.maxRead = Math.min(this.maxRead, limit * 4096)
     } catch (err) {
