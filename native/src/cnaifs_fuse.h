@@ -8,8 +8,8 @@
  *    blocking; the worker returns at once without replying. Requests that need no filesystem (anything that
  *    writes, flush, forget) are answered right there.
  *  - JavaScript answers later with one of the reply functions (fuse_reply_* is thread-safe). A read answered
- *    from a file range is queued to the session's reply pool: its threads run fuse_reply_data, which reads or
- *    splices the bytes from the file, so no file I/O happens on the JavaScript thread.
+ *    from a file range is queued to the session's reply pool, whose threads read the range and write the
+ *    reply (or have libfuse splice it), so no file I/O happens on the JavaScript thread.
  *  - When the loop ends, every request still in the table is answered EIO before the session is destroyed;
  *    a later answer from JavaScript finds its request gone and is dropped (requests.c explains the race).
  */
