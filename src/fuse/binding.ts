@@ -101,7 +101,11 @@ type MaybePromise<T> = T | Promise<T>
 export interface FuseOps {
   /** The child `name` of directory `parent`; counts one lookup of the child (see forget). ENOENT if absent. */
   lookup(parent: number, name: string): MaybePromise<FuseAttr>
-  /** The kernel dropped `nlookup` lookups of `ino`. Never answered (FUSE has no reply for it). */
+  /**
+   * The kernel dropped `nlookup` lookups of `ino`. Never answered (FUSE has no reply for it). On fuse3 every
+   * entry a readdir listing hands the kernel (other than '.' and '..') may count one lookup too (readdirplus),
+   * balanced by forgets like lookup's; at unmount the kernel drops all lookups without forgets.
+   */
   forget?(ino: number, nlookup: number): void
   getattr(ino: number): MaybePromise<FuseAttr>
   readlink(ino: number): MaybePromise<string>
@@ -153,10 +157,17 @@ export interface FuseSession {
   readonly maxRead: number
   /**
    * Resolves once the session is over, however it ended: our unmount(), `fusermount -u[z]`, `umount -l`, or
-   * the kernel aborting the connection. Never rejects.
+   * the kernel aborting the connection. Never rejects. By then every request was answered and no FuseOps
+   * method is called again (an fd from a FileRange may still be read by a moment: closing it then is safe,
+   * the result is dropped).
    */
   readonly ended: Promise<void>
-  /** Unmounts (lazily: open files stay readable until closed) and resolves when the session has ended. */
+  /**
+   * Detaches the mount lazily (never EBUSY, even with files open), then ends the session: requests still
+   * waiting are answered EIO and files still open fail from then on (EIO/ENOTCONN). Resolves when the session
+   * has ended. (After an unmount from outside, fuse3 keeps serving files still open until they are closed;
+   * fuse-native cannot tell, and ends at once.)
+   */
   unmount(): Promise<void>
   /** Requests the filesystem has not answered yet. */
   pendingRequests(): number

@@ -10,6 +10,7 @@ import { promisify } from 'node:util'
 import { afterAll, beforeAll, expect, inject, it } from 'vitest'
 import type {} from '../helpers/global-setup.js'
 import { REPO_ROOT, cleanupTempDirs, describeResult, makeModelDir, runCli, tempDir, uniqueRepo } from '../helpers/cli.js'
+import { withDevFuseLock } from '../helpers/dev-fuse-lock.js'
 
 const execFileAsync = promisify(execFile)
 const registry = inject('registry')
@@ -35,7 +36,7 @@ beforeAll(async () => {
   const base = await tempDir('cnaifs-unpriv-')
   await chmod(base, 0o755)
   project = join(base, 'project')
-  for (const part of ['bin', 'dist', 'package.json', 'node_modules']) await cp(join(REPO_ROOT, part), join(project, part), { recursive: true })
+  for (const part of ['bin', 'dist', 'package.json', 'node_modules', 'native']) await cp(join(REPO_ROOT, part), join(project, part), { recursive: true })
   home = join(base, 'home')
   await mkdir(home)
   await execFileAsync('chown', ['-R', 'nobody', home])
@@ -53,23 +54,26 @@ it('mounts as an unprivileged user with the cache under XDG_CACHE_HOME, and expl
   expect(push.code, describeResult(push)).toBe(0)
   const mp = join(home, 'mnt')
 
-  await chmod('/dev/fuse', 0o600)
-  const denied = await asNobody(['mount', ref, mp])
-  expect(denied.code).toBe(1)
-  expect(denied.stderr.trim()).toBe('cnaifs: FUSE is not available to this user: /dev/fuse is not readable and writable (add the user to the fuse group, or run as root)')
+  // Other test files change /dev/fuse's mode too: hold the lock while this one depends on it.
+  await withDevFuseLock(async () => {
+    await chmod('/dev/fuse', 0o600)
+    const denied = await asNobody(['mount', ref, mp])
+    expect(denied.code).toBe(1)
+    expect(denied.stderr.trim()).toBe('cnaifs: FUSE is not available to this user: /dev/fuse is not readable and writable (add the user to the fuse group, or run as root)')
 
-  await chmod('/dev/fuse', 0o666)
-  const mounted = await asNobody(['mount', ref, mp])
-  expect(mounted.code, mounted.stderr).toBe(0)
-  try {
-    const { stdout } = await execFileAsync('runuser', ['-u', 'nobody', '--', 'sha256sum', join(mp, 'weights.bin')])
-    expect(stdout.split(' ')[0]).toBe(model.files['weights.bin'].sha256)
-    // Without --allow-other a user's FUSE mount is private to that user: even root is refused.
-    await expect(readFile(join(mp, 'config.json'))).rejects.toMatchObject({ code: 'EACCES' })
-    expect((await stat(join(home, '.cache', 'cnaifs', 'index'))).isDirectory()).toBe(true)
-    expect((await stat(join(home, '.cache', 'cnaifs', 'blobs'))).uid).toBe(65534)
-  } finally {
-    const un = await asNobody(['unmount', mp])
-    expect(un.code, un.stderr).toBe(0)
-  }
+    await chmod('/dev/fuse', 0o666)
+    const mounted = await asNobody(['mount', ref, mp])
+    expect(mounted.code, mounted.stderr).toBe(0)
+    try {
+      const { stdout } = await execFileAsync('runuser', ['-u', 'nobody', '--', 'sha256sum', join(mp, 'weights.bin')])
+      expect(stdout.split(' ')[0]).toBe(model.files['weights.bin'].sha256)
+      // Without --allow-other a user's FUSE mount is private to that user: even root is refused.
+      await expect(readFile(join(mp, 'config.json'))).rejects.toMatchObject({ code: 'EACCES' })
+      expect((await stat(join(home, '.cache', 'cnaifs', 'index'))).isDirectory()).toBe(true)
+      expect((await stat(join(home, '.cache', 'cnaifs', 'blobs'))).uid).toBe(65534)
+    } finally {
+      const un = await asNobody(['unmount', mp])
+      expect(un.code, un.stderr).toBe(0)
+    }
+  })
 })
