@@ -131,6 +131,7 @@ export class BlobCache {
       checks: { running: 0, max: DEFAULTS.cache.checkConcurrency },
       scheduleDurability: (blob) => this.scheduleDurability(blob),
       diskChanged: (bytes) => this.diskChanged(bytes),
+      workEnded: (blob) => { if (!blob.pinned) this.maybeEvict() },
       quarantine: (blob, detail) => void this.quarantine(blob, detail),
       onFetchedBlock: (bytes) => this.observer.onFetched?.(bytes),
       onCheckedBlock: (ok) => this.observer.onChecked?.(ok),

@@ -51,6 +51,8 @@ export interface BlobDeps {
   scheduleDurability(blob: CachedBlob): void
   /** Bytes of blocks added to (positive) or removed from the data file. */
   diskChanged(bytes: number): void
+  /** A fetch or check of the blob ended (the blob may now be evictable). */
+  workEnded(blob: CachedBlob): void
   /** The blob failed verification: drop it and fail its readers. */
   quarantine(blob: CachedBlob, detail: string): void
   /** A block was fetched (bytes) or found on disk (checked). */
@@ -82,7 +84,12 @@ export class CachedBlob {
   constructor(readonly ref: BlobRef, readonly hex: string, private readonly deps: BlobDeps, scannedBytes = 0) {
     this.paths = deps.store.paths(hex)
     this.diskBytes = scannedBytes
-    this.fetcher = new BlockFetcher(ref.digest, deps.blockSize, (first, last, purpose, onReached) => this.startPart(first, last, purpose, onReached))
+    this.fetcher = new BlockFetcher(ref.digest, deps.blockSize, (first, last, purpose, onReached) => {
+      const job = this.startPart(first, last, purpose, onReached)
+      // After the fetcher's own handler, so the part no longer counts as running.
+      job.done.finally(() => setImmediate(() => this.deps.workEnded(this))).catch(() => undefined)
+      return job
+    })
   }
 
   get loaded(): boolean {
@@ -146,9 +153,16 @@ export class CachedBlob {
   readyOnDisk(first: number, last: number): boolean {
     const map = this.map
     if (!map || this.corrupt) return false
-    if (map.ready === map.blockCount) return !this.awaitingVerification()
+    if (map.verified) return map.ready === map.blockCount || this.allReady(map, first, last)
+    // A complete blob not yet verified, and the end of any unverified blob, go through ensure(), which waits
+    // for the verification (see there).
+    if (map.complete || last === map.blockCount - 1) return false
+    return this.allReady(map, first, last)
+  }
+
+  private allReady(map: BlockMap, first: number, last: number): boolean {
     for (let n = first; n <= last; n++) if (map.state(n) !== BlockState.Ready) return false
-    return !this.awaitingVerification()
+    return true
   }
 
   /** Whether block `n` is held in memory only (the disk refused it). */
@@ -168,8 +182,7 @@ export class CachedBlob {
   /**
    * With `bytes` (the blob range a read needs, within blocks first..last) a block being fetched counts as
    * soon as the bytes the read needs of it are in the data file, before the whole block has arrived: a 4 KiB
-   * random read then waits for its 4 KiB, not for the 1 MiB block. Not for a blob of one block, which is never
-   * served before it is verified.
+   * random read then waits for its 4 KiB, not for the 1 MiB block (see earlyUntil for the exception).
    */
   ensure(first: number, last: number, signal: AbortSignal, opts: EnsureOptions = {}): Promise<void> {
     try {
@@ -189,19 +202,19 @@ export class CachedBlob {
     const local = new AbortController()
     const onAbort = (): void => local.abort()
     signal.addEventListener('abort', onAbort, { once: true })
+    let settledTail = false
     try {
       for (let round = 0; ; round++) {
         this.assertUsable()
         const waits: Promise<void>[] = []
         const missing: number[] = []
         const unchecked: number[] = []
-        const B = this.deps.blockSize
         for (let n = first; n <= last; n++) {
           const state = map.state(n)
           if (state === BlockState.Ready) continue
           if (state === BlockState.OnDisk) { unchecked.push(n); continue }
           if (this.deps.memory.has(this.hex, n)) continue
-          const until = bytes && map.blockCount > 1 ? Math.min(bytes.stop, (n + 1) * B) : undefined
+          const until = this.earlyUntil(n, bytes)
           if (this.fetcher.isInFlight(n)) {
             const reached = this.fetcher.reachedFor(n)
             if (until !== undefined && reached !== undefined && reached >= until) continue
@@ -211,6 +224,19 @@ export class CachedBlob {
           }
         }
         if (!waits.length && !missing.length && !unchecked.length) {
+          if (last === map.blockCount - 1 && !settledTail) {
+            // The end of a blob: a reader reading it through sees a corrupt blob fail here, not only later
+            // readers. Let the blocks still arriving land first (whether their fetches succeed is not this
+            // read's business), then, if that made the blob complete, wait for its verification below.
+            settledTail = true
+            const arriving: Promise<unknown>[] = []
+            for (let n = 0; n < last; n++) if (this.fetcher.isInFlight(n)) arriving.push(this.fetcher.waitFor(n, local.signal).catch(() => undefined))
+            if (arriving.length) {
+              await Promise.all(arriving)
+              if (signal.aborted) throw this.deadline(first, last)
+              continue
+            }
+          }
           if (!this.awaitingVerification()) return
           waits.push(raceSignal(this.verifier!.settled(), local.signal, () => this.deadline(first, last)))
         } else if (round >= MAX_ROUNDS) {
@@ -219,8 +245,7 @@ export class CachedBlob {
         if (missing.length) {
           this.startFetch(missing, purpose)
           for (const n of missing) {
-            const until = bytes && map.blockCount > 1 ? Math.min(bytes.stop, (n + 1) * B) : undefined
-            waits.push(this.fetcher.waitFor(n, local.signal, until))
+            waits.push(this.fetcher.waitFor(n, local.signal, this.earlyUntil(n, bytes)))
           }
         }
         if (unchecked.length) waits.push(raceSignal(this.check(unchecked), local.signal, () => this.deadline(first, last)))
@@ -338,6 +363,17 @@ export class CachedBlob {
     this.diskBytes = 0
   }
 
+  /**
+   * Up to where block `n`'s part must have written for a read of `bytes` to be answered before the block is
+   * complete; undefined when the read must wait for the block. Never for the last block of a blob: a read of
+   * a blob's end waits for it (and for the blob's verification once complete; a blob of one block, in
+   * particular, is never served unverified).
+   */
+  private earlyUntil(n: number, bytes: EnsureOptions['bytes']): number | undefined {
+    if (!bytes || n >= this.blockCount - 1) return undefined
+    return Math.min(bytes.stop, (n + 1) * this.deps.blockSize)
+  }
+
   private assertUsable(): void {
     if (this.corrupt) throw new CorruptBlobError(this.ref.digest)
   }
@@ -410,7 +446,10 @@ export class CachedBlob {
     }
     for (let i = 0; i < fresh.length; i += CHECK_BATCH) {
       const batch = fresh.slice(i, i + CHECK_BATCH)
-      const job = this.checkBatch(batch).finally(() => { for (const n of batch) if (this.checks.get(n) === job) this.checks.delete(n) })
+      const job = this.checkBatch(batch).finally(() => {
+        for (const n of batch) if (this.checks.get(n) === job) this.checks.delete(n)
+        this.deps.workEnded(this)
+      })
       for (const n of batch) this.checks.set(n, job)
       waits.push(job)
     }

@@ -123,6 +123,8 @@ describe('blob cache and file reader against a real registry', () => {
     const h = await harness(repo)
     const extent = { blob, offset: 1000, size: blob.size - 2000 }
     await readAll(h.reader, extent)
+    // Reads are answered as soon as their bytes are written; the last blocks may still be landing.
+    await waitFor(() => h.cache.isVerified(blob))
     const handle = h.reader.open(extent)
     for (const [off, len] of [[0, 1], [4095, 2], [MiB - 1000, 4096], [extent.size - 10, 100], [7, 3 * MiB]] as const) {
       const r = h.reader.read(handle, off, len)
@@ -238,7 +240,7 @@ describe('blob cache and file reader against a real registry', () => {
     const cacheDir = await tempDir('cnaifs-blobcache-')
     const first = await harness(repo, { cacheDir })
     await readAll(first.reader, { blob, offset: 0, size: blob.size })
-    await first.reader.whenIdle()
+    await waitFor(() => first.cache.isVerified(blob))
     await first.cache.close()
     // 16 bytes flipped in block 2, length unchanged.
     const fh = await open(dataFile(cacheDir, blob), 'r+')
@@ -258,6 +260,7 @@ describe('blob cache and file reader against a real registry', () => {
     const cacheDir = await tempDir('cnaifs-blobcache-')
     const first = await harness(repo, { cacheDir })
     await readAll(first.reader, { blob, offset: 0, size: blob.size })
+    await waitFor(() => first.cache.isVerified(blob))
     await first.cache.close()
     const second = await harness(repo, { cacheDir })
     expect((await readAll(second.reader, { blob, offset: 0, size: blob.size })).equals(data)).toBe(true)
@@ -275,6 +278,7 @@ describe('blob cache and file reader against a real registry', () => {
     const first = await harness(repo, { cacheDir })
     expect(await exists(join(cacheDir, 'blocks'))).toBe(false)
     await readAll(first.reader, { blob, offset: 0, size: blob.size })
+    await waitFor(() => first.cache.isVerified(blob))
     await first.cache.close()
     const hex = blob.digest.slice(7)
     const mapPath = join(cacheDir, 'blobs', hex.slice(0, 2), `${hex}.map`)
@@ -293,7 +297,8 @@ describe('blob cache and file reader against a real registry', () => {
     const data = randomBytes(48 * MiB)
     const { blob, repo } = await pushBlob(data)
     const cacheDir = await tempDir('cnaifs-blobcache-')
-    const proxy = await startProxy(reg.url)
+    // A slow link throughout, so read-ahead cannot have fetched the whole blob before the kill.
+    const proxy = await startProxy(reg.url, { bandwidthBytesPerSec: 8 * MiB })
     proxies.push(proxy)
     const child = spawn(process.execPath, [join(REPO_ROOT, 'test/helpers/cache-reader-child.mjs'), cacheDir, proxy.host, repo, blob.digest, String(blob.size), String(16 * MiB)], { stdio: ['ignore', 'pipe', 'inherit'] })
     const exited = new Promise((r) => child.once('exit', r))
@@ -301,8 +306,7 @@ describe('blob cache and file reader against a real registry', () => {
     child.stdout!.on('data', (c: Buffer) => { out += c.toString() })
     try {
       await waitFor(() => out.includes('durable'), 90_000)
-      // Slow the rest down so that the kill lands while blocks are being written.
-      proxy.set({ bandwidthBytesPerSec: 4 * MiB })
+      // Kill while blocks are being written: a few MiB after the first 16 MiB were made durable.
       const at = proxy.blobBytes()
       await waitFor(() => proxy.blobBytes() > at + 3 * MiB, 90_000)
     } finally {

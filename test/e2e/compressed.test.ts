@@ -179,8 +179,10 @@ describe.each(Object.keys(variants) as Variant[])('%s', (variant) => {
     expect(await readlink(join(mp, 'model/latest.bin'))).toBe('weights.bin')
     const st = await stat(join(mp, BIG))
     expect({ uid: st.uid, gid: st.gid, mtime: st.mtimeMs }).toEqual({ uid: 1000, gid: 0, mtime: 1_700_000_000_000 })
-    const xattr = await execFileAsync('getfattr', ['-n', 'user.cnaifs.digest', '--only-values', join(mp, BIG)])
-    expect(xattr.stdout).toBe('sha256:' + createHash('sha256').update(await readFile(join(work, 't.tar'))).digest('hex'))
+    // user.cnaifs.digest names the layer blob as the manifest does; user.cnaifs.diffid its uncompressed tar.
+    const xattr = (name: string) => execFileAsync('getfattr', ['-n', name, '--only-values', join(mp, BIG)]).then((r) => r.stdout)
+    expect(await xattr('user.cnaifs.digest')).toBe(JSON.parse(pushed[variant].manifest.toString()).layers[0].digest)
+    expect(await xattr('user.cnaifs.diffid')).toBe('sha256:' + createHash('sha256').update(await readFile(join(work, 't.tar'))).digest('hex'))
     await cli.unmount(mp)
   }, 300_000)
 })

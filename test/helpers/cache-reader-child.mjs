@@ -1,7 +1,7 @@
 // A process that reads one blob sequentially through the blob cache (the built dist/), for tests that kill
 // it mid-way. argv: cacheDir registryHost repo digest size durableBytes. Prints "durable" once the first
 // `durableBytes` are read and recorded in the blob's map file, then keeps reading until killed or done.
-import { stat } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { BlobCache } from '../../dist/cache/blob-cache.js'
 import { FileReader } from '../../dist/cache/file-reader.js'
@@ -21,8 +21,14 @@ const mapPath = join(cacheDir, 'blobs', hex.slice(0, 2), `${hex}.map`)
 for (let off = 0; off < size; off += MiB) {
   await reader.read(handle, off, MiB)
   if (off + MiB === durableBytes) {
-    // The map file grows as slots are written (after the data file was synced).
-    while ((await stat(mapPath)).size < 64 + (durableBytes / MiB) * 48) await new Promise((r) => setTimeout(r, 20))
+    // Slots are written only after the data file was synced: wait until the first blocks' slots say present.
+    const blocks = durableBytes / MiB
+    const recorded = async () => {
+      const map = await readFile(mapPath)
+      for (let n = 0; n < blocks; n++) if (map.length < 64 + 48 * (n + 1) || map.readUInt32LE(64 + 48 * n) !== 0x314b4c42) return false
+      return true
+    }
+    while (!(await recorded())) await new Promise((r) => setTimeout(r, 20))
     process.stdout.write('durable\n')
   }
 }
