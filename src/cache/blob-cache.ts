@@ -186,6 +186,7 @@ export class BlobCache {
   /** Loads a blob's map so cachedBytes() knows it (status of a model whose files were not opened yet). */
   async describe(ref: BlobRef): Promise<void> {
     const hex = digestHex(ref.digest)
+    if (this.corrupt.has(ref.digest)) return
     if (!this.blobs.has(hex) && !(await this.store.readMapHeader(hex))) return
     await this.blob(ref).load()
   }

@@ -119,6 +119,8 @@ export class CachedBlob {
   /** Opens the map (creating it) and the data file. */
   load(): Promise<void> {
     if (this.loaded) return Promise.resolve()
+    // A blob that failed verification stays gone for this process: nothing may recreate its files.
+    if (this.corrupt) return Promise.reject(new CorruptBlobError(this.ref.digest))
     this.loading ??= this.loadNow().finally(() => { this.loading = undefined })
     return this.loading
   }
