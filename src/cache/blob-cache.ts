@@ -7,7 +7,7 @@
  * Decisions:
  * - The page cache of the data files is the memory tier: reads are answered as (fd, position, length) and
  *   never copied through JavaScript. Blocks live in memory (memory-tier.ts) only when the disk refused them.
- * - A block fetched in this process is served at once; a block found on disk is checked against its digest
+ * - A block fetched in this process is served at once; a block found on disk is checked against its checksum
  *   first (once per process), so a damaged disk or another process's writes yield a re-fetch, never a wrong
  *   byte. A blob is verified against its digest by a running hash as its blocks arrive; a blob of one block
  *   (or any blob once complete) is not served before it is verified. Bytes of a bigger blob may be served
@@ -228,7 +228,7 @@ export class BlobCache {
   }
 
   /**
-   * Re-hashes a cached blob: every block against its digest and the whole against the blob's digest. True if
+   * Re-hashes a cached blob: every block against its checksum and the whole against the blob's digest. True if
    * it matches; false if not (the blob is then removed). Throws EINCOMPLETE if it is not completely cached.
    */
   async verifyBlob(ref: BlobRef): Promise<boolean> {
@@ -240,7 +240,7 @@ export class BlobCache {
     try {
       const pool = this.pool!
       const blocks = Array.from({ length: map.blockCount }, (_, n) => n)
-      const ok = await pool.check(blob.paths.data, ref.size, blocks, Buffer.concat(blocks.map((n) => map.digest(n))))
+      const ok = await pool.check(blob.paths.data, ref.size, blocks, blocks.map((n) => map.checksum(n)))
       let good = ok.every(Boolean)
       if (good) {
         pool.forget(blob.paths.data, ref.digest) // a fresh running hash

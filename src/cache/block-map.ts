@@ -1,11 +1,12 @@
 /**
  * The persisted map of a blob's cached blocks (nydus's chunk map): which blocks of the blob's data file hold
- * the blob's bytes, with the sha256 of each, and whether the whole blob has been verified against its digest.
+ * the blob's bytes, with the checksum of each (block-checksum.ts), and whether the whole blob has been verified
+ * against its digest.
  *
  * File layout (`<hex>.map`, little-endian):
  *
  *   header  64 bytes   "CNAIFSBM", version, block size, blob size, blob digest (raw sha256), check
- *   slot n  48 bytes   at 64 + 48·n: kind ('BLK1' present / 0 erased), block length, sha256 of the block,
+ *   slot n  48 bytes   at 64 + 48·n: kind ('BLK2' present / 0 erased), block length, checksum of the block,
  *                       n, check
  *   slot N  48 bytes   N = block count: kind 'VER1' once the whole blob hashed to its digest
  *
@@ -15,10 +16,10 @@
  * bytes that reached the disk; the converse (durable bytes without a slot) just means a block is fetched again.
  *
  * In memory each block is Absent, OnDisk (a slot says present: its bytes must be checked against the slot's
- * digest before they are first served in this process) or Ready (fetched or checked in this process).
- * A block's digest is trusted when it was part of a blob that hashed to the blob's digest: a trusted block
- * that is fetched again must arrive with the same bytes, and a blob whose blocks are all present and trusted
- * is verified without hashing it again.
+ * checksum before they are first served in this process) or Ready (fetched or checked in this process).
+ * A block's checksum is trusted when it was part of a blob that hashed to the blob's digest: a trusted block
+ * that is fetched again must arrive with the same checksum, and a blob whose blocks are all present and
+ * trusted is verified without hashing it again.
  */
 import { createHash } from 'node:crypto'
 import { link, open, rm, type FileHandle } from 'node:fs/promises'
@@ -30,8 +31,8 @@ import type { BlobRef } from './types.js'
 export const HEADER_BYTES = 64
 export const SLOT_BYTES = 48
 const MAGIC = Buffer.from('CNAIFSBM')
-const VERSION = 1
-const KIND_BLOCK = 0x314b4c42 // 'BLK1'
+const VERSION = 2
+const KIND_BLOCK = 0x324b4c42 // 'BLK2'
 const KIND_VERIFIED = 0x31524556 // 'VER1'
 
 export enum BlockState {
@@ -62,11 +63,12 @@ function header(blob: BlobRef, blockSize: number): Buffer {
   return h
 }
 
-function slot(kind: number, n: number, length: number, digest: Buffer): Buffer {
+/** A slot: the checksum of a block (in bytes 8..12), or the blob's digest for the verified slot (8..40). */
+function slot(kind: number, n: number, length: number, value: Buffer): Buffer {
   const s = Buffer.alloc(SLOT_BYTES)
   s.writeUInt32LE(kind, 0)
   s.writeUInt32LE(length, 4)
-  digest.copy(s, 8, 0, 32)
+  value.copy(s, 8, 0, Math.min(32, value.length))
   s.writeUInt32LE(n, 40)
   s.writeUInt32LE(check4(s.subarray(0, 44)), 44)
   return s
@@ -78,8 +80,8 @@ const ERASED = Buffer.alloc(SLOT_BYTES)
 export class BlockMap {
   readonly blockCount: number
   private readonly states: Uint8Array
-  private readonly digests: Buffer
-  /** 1 where the block's digest is trusted (see above). */
+  private readonly checksums: Uint32Array
+  /** 1 where the block's checksum is trusted (see above). */
   private readonly trusted: Uint8Array
   private trustedCount = 0
   /** Slots to write at the next persist(), by slot number (the block count is the verified slot). */
@@ -97,7 +99,7 @@ export class BlockMap {
   ) {
     this.blockCount = Math.ceil(blob.size / blockSize)
     this.states = new Uint8Array(this.blockCount)
-    this.digests = Buffer.alloc(32 * this.blockCount)
+    this.checksums = new Uint32Array(this.blockCount)
     this.trusted = new Uint8Array(this.blockCount)
   }
 
@@ -140,14 +142,14 @@ export class BlockMap {
       const kind = s.readUInt32LE(0)
       if (kind === 0 || s.readUInt32LE(40) !== n || s.readUInt32LE(44) !== check4(s.subarray(0, 44))) continue
       if (n < this.blockCount && kind === KIND_BLOCK && s.readUInt32LE(4) === this.blockLength(n)) {
-        s.copy(this.digests, 32 * n, 8, 40)
+        this.checksums[n] = s.readUInt32LE(8)
         this.states[n] = BlockState.OnDisk
         this.presentCount++
       } else if (n === this.blockCount && kind === KIND_VERIFIED && s.subarray(8, 40).equals(this.blobDigestRaw())) {
         this.verifiedSlot = true
       }
     }
-    // The verified slot vouches for the digests of the blocks present with it; a block dropped since (its
+    // The verified slot vouches for the checksums of the blocks present with it; a block dropped since (its
     // slot erased) is fetched again untrusted, and the blob is then verified by hashing it once more.
     if (this.verifiedSlot) {
       for (let n = 0; n < this.blockCount; n++) if (this.states[n] !== BlockState.Absent) this.trust(n)
@@ -168,9 +170,9 @@ export class BlockMap {
     return this.states[n] as BlockState
   }
 
-  /** The block's recorded sha256 (raw, 32 bytes), for blocks that are OnDisk or Ready. */
-  digest(n: number): Buffer {
-    return this.digests.subarray(32 * n, 32 * n + 32)
+  /** The block's recorded checksum, for blocks that are OnDisk or Ready (and trusted ones dropped since). */
+  checksum(n: number): number {
+    return this.checksums[n]!
   }
 
   /** Blocks whose bytes are in the data file (OnDisk or Ready). */
@@ -186,7 +188,7 @@ export class BlockMap {
     return this.presentCount === this.blockCount
   }
 
-  /** Every block is present with a trusted digest: the blob's bytes are known to hash to its digest. */
+  /** Every block is present with a trusted checksum: the blob's bytes are known to hash to its digest. */
   get verified(): boolean {
     return this.presentCount === this.blockCount && this.trustedCount === this.blockCount
   }
@@ -200,23 +202,25 @@ export class BlockMap {
   }
 
   /**
-   * The block's bytes are in the data file and hash to `digest` (computed as they were written). It is
-   * Ready now; its slot is written at the next persist(), after the data file has been synced.
-   * Returns false (and changes nothing) when the blob was verified and `digest` differs from the recorded
-   * one: the source served other bytes than before.
+   * The block's bytes are in the data file, with `checksum` (computed as they were written). It is Ready
+   * now; its slot is written at the next persist(), after the data file has been synced.
+   * Returns false (and changes nothing) when the block's checksum is trusted and `checksum` differs from it:
+   * the source served other bytes than the blob had when it was verified.
    */
-  landed(n: number, digest: Buffer): boolean {
+  landed(n: number, checksum: number): boolean {
     const prior = this.states[n] as BlockState
-    if (this.trusted[n] && !this.digest(n).equals(digest)) return false
-    digest.copy(this.digests, 32 * n, 0, 32)
+    if (this.trusted[n] && this.checksums[n] !== checksum) return false
+    this.checksums[n] = checksum
     if (prior === BlockState.Absent) this.presentCount++
     if (prior !== BlockState.Ready) this.readyCount++
     this.states[n] = BlockState.Ready
-    this.pending.set(n, slot(KIND_BLOCK, n, this.blockLength(n), digest))
+    const value = Buffer.alloc(4)
+    value.writeUInt32LE(checksum >>> 0, 0)
+    this.pending.set(n, slot(KIND_BLOCK, n, this.blockLength(n), value))
     return true
   }
 
-  /** An OnDisk block's bytes were read back and matched its digest: it may be served. */
+  /** An OnDisk block's bytes were read back and matched its checksum: it may be served. */
   checked(n: number): void {
     if (this.states[n] !== BlockState.OnDisk) return
     this.states[n] = BlockState.Ready
@@ -225,7 +229,7 @@ export class BlockMap {
 
   /**
    * Forgets a block whose bytes on disk failed their check; its slot is erased at persist(). A trusted
-   * digest stays known in this process, so the block fetched again must match it.
+   * checksum stays known in this process, so the block fetched again must match it.
    */
   drop(n: number): void {
     const prior = this.states[n] as BlockState
@@ -237,7 +241,7 @@ export class BlockMap {
   }
 
   /**
-   * The blob's blocks, in order, hashed to the blob's digest: every digest is trusted from now on, and the
+   * The blob's blocks, in order, hashed to the blob's digest: every checksum is trusted from now on, and the
    * verified slot is written at the next persist().
    */
   markVerified(): void {
@@ -247,7 +251,7 @@ export class BlockMap {
     this.pending.set(this.blockCount, slot(KIND_VERIFIED, this.blockCount, 0, this.blobDigestRaw()))
   }
 
-  /** Whether the block's digest is trusted (part of a verified blob). */
+  /** Whether the block's checksum is trusted (part of a verified blob). */
   isTrusted(n: number): boolean {
     return this.trusted[n] === 1
   }

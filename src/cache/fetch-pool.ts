@@ -24,8 +24,8 @@ export interface FetchPoolOptions {
   onWriteError?: (path: string, error: CnaifsError) => void
 }
 
-/** Blocks that arrived: in the data file (`memory` undefined), or only in memory (one block). */
-export type LandedHandler = (first: number, digests: Buffer, memory?: Buffer) => void
+/** A block that arrived, with its checksum: in the data file (`memory` undefined), or only in memory. */
+export type LandedHandler = (block: number, checksum: number, memory?: Buffer) => void
 
 export interface FetchRequest {
   reference: ImageReference
@@ -107,6 +107,16 @@ export class FetchPool {
     }
   }
 
+  /**
+   * GETs `length` bytes at `offset` of a blob into memory, without filling the cache (small random reads); a
+   * server that sends the whole blob anyway has its blocks stored and reported through `onLanded`.
+   */
+  async read(r: FetchRequest, onLanded: LandedHandler): Promise<Buffer> {
+    const reply = await this.run(this.leastBusy(), { t: 'read', id: this.nextId++, ...r }, r.length, onLanded)
+    const data = (reply as Extract<FromWorker, { t: 'bytes' }>).data
+    return Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+  }
+
   /** Writes bytes made here (block-aligned) into the data file; the Buffer is handed over, not copied. */
   store(path: string, blobSize: number, offset: number, data: Buffer, onLanded: LandedHandler): Promise<void> {
     const worker = this.leastBusy()
@@ -116,9 +126,9 @@ export class FetchPool {
       .then(() => undefined)
   }
 
-  /** Re-hashes blocks in the data file; true for each whose sha256 is the expected one. */
-  async check(path: string, blobSize: number, blocks: number[], digests: Buffer): Promise<boolean[]> {
-    const reply = await this.run(this.leastBusy(), { t: 'check', id: this.nextId++, path, blobSize, blocks, digests }, blocks.length * this.o.blockSize)
+  /** Reads blocks back from the data file; true for each whose checksum is the expected one. */
+  async check(path: string, blobSize: number, blocks: number[], checksums: number[]): Promise<boolean[]> {
+    const reply = await this.run(this.leastBusy(), { t: 'check', id: this.nextId++, path, blobSize, blocks, checksums }, blocks.length * this.o.blockSize)
     return [...(reply as Extract<FromWorker, { t: 'checked' }>).ok].map((v) => v === 1)
   }
 
@@ -170,16 +180,16 @@ export class FetchPool {
       case 'landed': {
         const p = this.pending.get(m.id)
         if (!p?.onLanded) return
-        const digests = Buffer.from(m.digests.buffer, m.digests.byteOffset, m.digests.byteLength)
         const memory = m.memory ? Buffer.from(m.memory.buffer, m.memory.byteOffset, m.memory.byteLength) : undefined
         try {
-          p.onLanded(m.first, digests, memory)
+          p.onLanded(m.block, m.checksum, memory)
         } catch (err) {
           this.log.error({ err }, 'fetch pool: landed handler threw')
         }
         return
       }
       case 'reached': this.pending.get(m.id)?.onReached?.(m.at); return
+      case 'bytes': this.settle(m.id, { value: m }); return
       case 'done': this.settle(m.id, { value: m }); return
       case 'checked': this.settle(m.id, { value: m }); return
       case 'prefixed': this.settle(m.id, { value: m }); return
@@ -193,7 +203,9 @@ export class FetchPool {
   }
 
   private start(script: URL, index: number): PoolWorker {
-    const thread = new Worker(script, { workerData: this.settings, name: `cnaifs-fetch-${index}` })
+    // A small young generation: fetched bytes pass through short-lived Buffers, and a worker that collects
+    // them often keeps the daemon's resident memory flat while it streams.
+    const thread = new Worker(script, { workerData: this.settings, name: `cnaifs-fetch-${index}`, resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 96 } })
     const worker: PoolWorker = { thread, busy: 0, index }
     thread.on('message', (m: FromWorker) => this.onMessage(worker, m))
     thread.on('error', (err) => this.log.error({ worker: index, error: err.message }, 'fetch worker failed'))

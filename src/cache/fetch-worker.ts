@@ -1,7 +1,7 @@
 /**
  * A fetch worker (a worker thread): runs ranged GETs with its own registry client (its own undici Agent),
- * streams each response body straight into the blob's data file at the bytes' positions, hashes every block
- * as its bytes pass, and tells the main thread which blocks landed. It also re-hashes blocks on disk (checks)
+ * streams each response body straight into the blob's data file at the bytes' positions, checksums every
+ * block as its bytes pass, and tells the main thread which blocks landed. It also checks blocks found on disk
  * and keeps the running sha256 of blobs for their verification. The main thread never touches fetched bytes.
  *
  * File I/O here is synchronous on purpose: this thread has nothing else to do meanwhile, a slow disk holds
@@ -11,6 +11,7 @@ import { createHash, type Hash } from 'node:crypto'
 import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs'
 import { parentPort, workerData } from 'node:worker_threads'
 import { RegistryClient } from '../registry/client.js'
+import { BlockChecksum, blockChecksum } from './block-checksum.js'
 import { toWire } from './wire-error.js'
 import type { FromWorker, ToWorker, WorkerSettings } from './worker-protocol.js'
 
@@ -61,7 +62,7 @@ class DataFiles {
 }
 
 const files = new DataFiles()
-const jobs = new Map<number, { controller: AbortController; assembler: BlockAssembler }>()
+const jobs = new Map<number, { controller: AbortController; assembler?: BlockAssembler }>()
 /** Running sha256 of blobs being verified, by digest: bytes [0, at) of the data file are hashed. */
 const prefixes = new Map<string, { hash: Hash; at: number }>()
 /** For reading blocks back (checks, running hashes, the rare re-hash of a block that arrived out of order). */
@@ -88,8 +89,8 @@ function readAll(fd: number, into: Buffer, length: number, position: number): nu
 }
 
 interface BlockInProgress {
-  /** Running hash of bytes [0, hashedTo) of the block; undefined if bytes came out of order (re-read at the end). */
-  hash?: Hash
+  /** Running checksum of bytes [0, hashedTo) of the block; undefined if bytes came out of order (re-read at the end). */
+  hash?: BlockChecksum
   hashedTo: number
   got: number
   /** The block's bytes, once the disk refused a write: the block is then landed from memory. */
@@ -100,7 +101,7 @@ interface BlockInProgress {
 
 /**
  * Turns a response's chunks (blob position, in order per response, each byte once) into blocks written to
- * the data file and landed with their sha256. Positions outside the asked range (a server that sent the whole
+ * the data file and landed with their checksums. Positions outside the asked range (a server that sent the whole
  * blob) are stored the same way: every block received is kept.
  */
 class BlockAssembler {
@@ -141,7 +142,7 @@ class BlockAssembler {
   private block(n: number, part: Buffer, within: number, length: number): void {
     let b = this.blocks.get(n)
     if (!b) {
-      b = { hash: within === 0 ? createHash('sha256') : undefined, hashedTo: 0, got: 0 }
+      b = { hash: within === 0 ? new BlockChecksum(n) : undefined, hashedTo: 0, got: 0 }
       this.blocks.set(n, b)
     }
     if (this.store(b, n, part, within, length) && n * BLOCK + within === this.reached) {
@@ -206,18 +207,18 @@ class BlockAssembler {
 
   private complete(n: number, b: BlockInProgress, length: number): void {
     if (b.lost) return
-    let digest: Buffer
-    if (b.hash) digest = b.hash.digest()
-    else if (b.memory) digest = createHash('sha256').update(b.memory.subarray(0, length)).digest()
+    let checksum: number
+    if (b.hash) checksum = b.hash.digest()
+    else if (b.memory) checksum = blockChecksum(b.memory.subarray(0, length), n)
     else {
       if (readAll(files.fd(this.path), scratch, length, n * BLOCK) !== length) return
-      digest = createHash('sha256').update(scratch.subarray(0, length)).digest()
+      checksum = blockChecksum(scratch.subarray(0, length), n)
     }
     if (b.memory) {
       const memory = new Uint8Array(b.memory.buffer, b.memory.byteOffset, length)
-      post({ t: 'landed', id: this.id, first: n, digests: digest, memory }, [b.memory.buffer as ArrayBuffer])
+      post({ t: 'landed', id: this.id, block: n, checksum, memory }, [b.memory.buffer as ArrayBuffer])
     } else {
-      post({ t: 'landed', id: this.id, first: n, digests: digest })
+      post({ t: 'landed', id: this.id, block: n, checksum })
     }
   }
 }
@@ -233,6 +234,29 @@ async function fetchJob(m: Extract<ToWorker, { t: 'fetch' }>): Promise<void> {
       purpose: m.purpose,
     })
     post({ t: 'done', id: m.id })
+  } catch (err) {
+    post({ t: 'failed', id: m.id, error: toWire(err) })
+  } finally {
+    jobs.delete(m.id)
+  }
+}
+
+async function readJob(m: Extract<ToWorker, { t: 'read' }>): Promise<void> {
+  const controller = new AbortController()
+  jobs.set(m.id, { controller })
+  // The asked bytes go to memory; everything received also goes to the data file, so a server that sends the
+  // whole blob fills the cache (the few asked bytes alone never complete a block, and are never landed).
+  const out = Buffer.allocUnsafeSlow(m.length)
+  const end = m.offset + m.length
+  const assembler = new BlockAssembler(m.id, m.path, m.blobSize, m.offset)
+  try {
+    await client.streamBlobRange(m.reference, m.digest, m.offset, m.length, (chunk, position) => {
+      const from = Math.max(position, m.offset)
+      const to = Math.min(position + chunk.length, end)
+      if (to > from) chunk.copy(out, from - m.offset, from - position, to - position)
+      assembler.add(chunk, position)
+    }, { signal: controller.signal, keepExtra: true, purpose: m.purpose })
+    post({ t: 'bytes', id: m.id, data: new Uint8Array(out.buffer, 0, out.byteLength) }, [out.buffer as ArrayBuffer])
   } catch (err) {
     post({ t: 'failed', id: m.id, error: toWire(err) })
   } finally {
@@ -266,8 +290,7 @@ function checkJob(m: Extract<ToWorker, { t: 'check' }>): void {
     } catch {
       return
     }
-    const digest = createHash('sha256').update(scratch.subarray(0, length)).digest()
-    ok[i] = digest.equals(m.digests.subarray(32 * i, 32 * i + 32)) ? 1 : 0
+    ok[i] = blockChecksum(scratch.subarray(0, length), n) === m.checksums[i] ? 1 : 0
   })
   post({ t: 'checked', id: m.id, ok })
 }
@@ -302,11 +325,12 @@ function prefixJob(m: Extract<ToWorker, { t: 'prefix' }>): void {
 port.on('message', (m: ToWorker) => {
   switch (m.t) {
     case 'fetch': void fetchJob(m); break
+    case 'read': void readJob(m); break
     case 'store': storeJob(m); break
     case 'check': checkJob(m); break
     case 'prefix': prefixJob(m); break
     case 'abort': jobs.get(m.id)?.controller.abort(); break
-    case 'watch': jobs.get(m.id)?.assembler.watch(m.position); break
+    case 'watch': jobs.get(m.id)?.assembler?.watch(m.position); break
     case 'forget': files.forget(m.path); prefixes.delete(m.digest); break
     case 'redirect':
       if (m.url) client.rememberRedirect(m.digest, m.url, false)

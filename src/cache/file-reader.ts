@@ -100,24 +100,33 @@ export class FileReader implements FileDataPath {
     }
     const replay = this.recentFailure(h, offset, end)
     if (replay) throw replay.error
+    // The first read of a blob in this process: open its map, then decide how to serve the read.
+    if (!blob.loaded) return blob.load().then(() => this.read(h, offset, length))
+    const signal = AbortSignal.timeout(this.readTimeoutMs)
+    const failed = (err: unknown): never => {
+      h.failures.push({ at: performance.now(), start: offset, end, error: err })
+      if (h.failures.length > MAX_REMEMBERED_FAILURES) h.failures.shift()
+      throw err
+    }
+    // A small read outside a sequential run, of blocks nobody has: fetch its own bytes only.
+    if (!h.window.peek(offset) && blob.wantsDirectRead(first, last, start, stop)) {
+      h.window.onRead(offset, end)
+      return blob.readDirect(start, stop, signal).then((data) => {
+        this.observer.onRead?.(false, stop - start)
+        return data
+      }, failed)
+    }
     // ensure() claims this read's missing blocks before read-ahead looks for blocks to fetch.
-    const ready = blob.ensure(first, last, AbortSignal.timeout(this.readTimeoutMs), { bytes: { start, stop } })
+    const ready = blob.ensure(first, last, signal, { bytes: { start, stop } })
     try {
       this.readAhead(h, offset, end)
     } catch (err) {
       this.log.debug({ digest: blob.ref.digest, error: errorMessage(err) }, 'read-ahead not started') // never fails the read
     }
-    return ready.then(
-      () => {
-        this.observer.onRead?.(false, stop - start)
-        return this.answer(blob, first, last, start, stop)
-      },
-      (err: unknown) => {
-        h.failures.push({ at: performance.now(), start: offset, end, error: err })
-        if (h.failures.length > MAX_REMEMBERED_FAILURES) h.failures.shift()
-        throw err
-      },
-    )
+    return ready.then(() => {
+      this.observer.onRead?.(false, stop - start)
+      return this.answer(blob, first, last, start, stop)
+    }, failed)
   }
 
   release(handle: FileReadHandle): void {

@@ -30,11 +30,17 @@ export class SequentialWindow {
     return this.window
   }
 
+  /** Whether a read at `offset` would continue the run (without recording it). */
+  peek(offset: number): boolean {
+    const frontier = this.frontier ?? 0
+    const tolerance = Math.min(this.s.outOfOrderToleranceBytes, 2 * this.window)
+    return offset === frontier || (this.window > 0 && Math.abs(offset - frontier) <= tolerance)
+  }
+
   /** Records a read of [offset, end); returns the file range to read ahead, if the read was sequential. */
   onRead(offset: number, end: number): { from: number; to: number } | undefined {
     const frontier = this.frontier ?? 0
-    const tolerance = Math.min(this.s.outOfOrderToleranceBytes, 2 * this.window)
-    const sequential = offset === frontier || (this.window > 0 && Math.abs(offset - frontier) <= tolerance)
+    const sequential = this.peek(offset)
     this.frontier = sequential ? Math.max(frontier, end) : end
     if (!sequential) {
       this.window = 0

@@ -1,6 +1,6 @@
 /**
  * Messages between the main thread (fetch-pool.ts) and the fetch workers (fetch-worker.ts). Only small
- * messages cross: which blocks landed with their sha256s, errors, hash results. Block bytes cross only when
+ * messages cross: which blocks landed with their checksums, errors, hash results. Block bytes cross only when
  * the disk could not take them (then they are served from memory), always by transfer, never by copy.
  */
 import type { RegistryClientConfig, RegistryObserver } from '../registry/client.js'
@@ -17,10 +17,15 @@ export type FetchPurpose = 'read' | 'prefetch'
 export type ToWorker =
   /** GET blob bytes [offset, offset+length) into the data file at `path` (block-aligned range). */
   | { t: 'fetch'; id: number; reference: ImageReference; digest: string; blobSize: number; offset: number; length: number; path: string; purpose: FetchPurpose }
+  /**
+   * GET a few bytes of a blob into memory (a small random read: the cache is not filled for it, unless the
+   * server sends the whole blob, whose every block is then stored as a fetch would).
+   */
+  | { t: 'read'; id: number; reference: ImageReference; digest: string; blobSize: number; offset: number; length: number; path: string; purpose: FetchPurpose }
   /** Write bytes made in the main thread (block-aligned) into the data file and hash their blocks. */
   | { t: 'store'; id: number; path: string; blobSize: number; offset: number; data: Uint8Array }
-  /** Read blocks back from the data file and compare each with its expected sha256 (32 bytes each). */
-  | { t: 'check'; id: number; path: string; blobSize: number; blocks: number[]; digests: Uint8Array }
+  /** Read blocks back from the data file and compare each with its expected checksum (block-checksum.ts). */
+  | { t: 'check'; id: number; path: string; blobSize: number; blocks: number[]; checksums: number[] }
   /** Extend this worker's running sha256 of the blob up to byte `to` (reading the data file). */
   | { t: 'prefix'; id: number; digest: string; path: string; blobSize: number; to: number }
   | { t: 'abort'; id: number }
@@ -33,11 +38,13 @@ export type ToWorker =
 
 export type FromWorker =
   /**
-   * Blocks first… (one digest of 32 bytes each) are complete. Without `memory` they are in the data file;
-   * with it (one block) the disk refused them and these are its bytes.
+   * Block `block` is complete, with its checksum. Without `memory` it is in the data file; with it the disk
+   * refused it and these are its bytes.
    */
-  | { t: 'landed'; id: number; first: number; digests: Uint8Array; memory?: Uint8Array }
+  | { t: 'landed'; id: number; block: number; checksum: number; memory?: Uint8Array }
   | { t: 'done'; id: number }
+  /** The bytes a 'read' asked for (transferred). */
+  | { t: 'bytes'; id: number; data: Uint8Array }
   /** The fetch's range is in the data file from its start up to `at` (answers a watch). */
   | { t: 'reached'; id: number; at: number }
   | { t: 'failed'; id: number; error: WireError }

@@ -14,7 +14,8 @@ const MiB = 1024 * 1024
 const cache = new BlobCache({ cacheDir, client: { credentialSource: { files: [] } }, workers: 1 })
 await cache.init()
 const source = { kind: 'registry', reference: parseReference(`${host}/${repo}:x`) }
-const reader = new FileReader({ cache, sourceFor: () => source })
+// A small read-ahead window, so the kill lands while this process is still fetching.
+const reader = new FileReader({ cache, sourceFor: () => source, window: { maxWindowBytes: 2 * MiB } })
 const handle = reader.open({ blob: { digest, size }, offset: 0, size })
 const hex = digest.slice(7)
 const mapPath = join(cacheDir, 'blobs', hex.slice(0, 2), `${hex}.map`)
@@ -25,7 +26,7 @@ for (let off = 0; off < size; off += MiB) {
     const blocks = durableBytes / MiB
     const recorded = async () => {
       const map = await readFile(mapPath)
-      for (let n = 0; n < blocks; n++) if (map.length < 64 + 48 * (n + 1) || map.readUInt32LE(64 + 48 * n) !== 0x314b4c42) return false
+      for (let n = 0; n < blocks; n++) if (map.length < 64 + 48 * (n + 1) || map.readUInt32LE(64 + 48 * n) !== 0x324b4c42) return false
       return true
     }
     while (!(await recorded())) await new Promise((r) => setTimeout(r, 20))

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { BlockMap, BlockState, HEADER_BYTES, MapMismatchError, SLOT_BYTES } from '../../src/cache/block-map.js'
+import { blockChecksum } from '../../src/cache/block-checksum.js'
 
 const B = 1024
 let dir: string
@@ -15,7 +16,6 @@ function blobOf(size: number): { data: Buffer; blob: { digest: string; size: num
   const data = randomBytes(size)
   return { data, blob: { digest: 'sha256:' + createHash('sha256').update(data).digest('hex'), size } }
 }
-const sha = (b: Buffer): Buffer => createHash('sha256').update(b).digest()
 
 describe('BlockMap', () => {
   it('records landed blocks only at persist, after the data sync, and reads them back as OnDisk', async () => {
@@ -24,8 +24,8 @@ describe('BlockMap', () => {
     const map = await BlockMap.open(path, blob, B)
     expect(map.blockCount).toBe(4)
     expect(map.blockLength(3)).toBe(100)
-    expect(map.landed(0, sha(data.subarray(0, B)))).toBe(true)
-    expect(map.landed(3, sha(data.subarray(3 * B)))).toBe(true)
+    expect(map.landed(0, blockChecksum(data.subarray(0, B), 0))).toBe(true)
+    expect(map.landed(3, blockChecksum(data.subarray(3 * B), 3))).toBe(true)
     expect(map.state(0)).toBe(BlockState.Ready)
     expect(map.pendingSlots).toBe(2)
     // Nothing is written before persist; the sync runs before the slots are written.
@@ -39,7 +39,7 @@ describe('BlockMap', () => {
 
     const again = await BlockMap.open(path, blob, B)
     expect([0, 1, 2, 3].map((n) => again.state(n))).toEqual([BlockState.OnDisk, BlockState.Absent, BlockState.Absent, BlockState.OnDisk])
-    expect(again.digest(3).equals(sha(data.subarray(3 * B)))).toBe(true)
+    expect(again.checksum(3)).toBe(blockChecksum(data.subarray(3 * B), 3))
     expect(again.present).toBe(2)
     expect(again.ready).toBe(0)
     expect(again.presentBytes()).toBe(B + 100)
@@ -51,7 +51,7 @@ describe('BlockMap', () => {
   it('keeps the slots for the next attempt when the data sync fails', async () => {
     const { data, blob } = blobOf(2 * B)
     const map = await BlockMap.open(join(dir, 'x.map'), blob, B)
-    map.landed(1, sha(data.subarray(B)))
+    map.landed(1, blockChecksum(data.subarray(B), 1))
     await expect(map.persist(async () => { throw Object.assign(new Error('disk full'), { code: 'ENOSPC' }) })).rejects.toThrow('disk full')
     expect(map.pendingSlots).toBe(1)
     await map.persist(async () => undefined)
@@ -63,12 +63,12 @@ describe('BlockMap', () => {
     const { data, blob } = blobOf(4 * B)
     const path = join(dir, 'x.map')
     const map = await BlockMap.open(path, blob, B)
-    for (let n = 0; n < 4; n++) map.landed(n, sha(data.subarray(n * B, (n + 1) * B)))
+    for (let n = 0; n < 4; n++) map.landed(n, blockChecksum(data.subarray(n * B, (n + 1) * B), n))
     await map.persist(async () => undefined)
     await map.close()
     const fh = await open(path, 'r+')
-    // Slot 1: one byte of its digest flipped (a torn write). Slot 2: a copy of slot 3 (a misplaced write).
-    const slot1 = HEADER_BYTES + SLOT_BYTES + 20
+    // Slot 1: one byte of its checksum flipped (a torn write). Slot 2: a copy of slot 3 (a misplaced write).
+    const slot1 = HEADER_BYTES + SLOT_BYTES + 9
     const byte = Buffer.alloc(1)
     await fh.read(byte, 0, 1, slot1)
     await fh.write(Buffer.from([byte[0]! ^ 1]), 0, 1, slot1)
@@ -92,11 +92,11 @@ describe('BlockMap', () => {
     await expect(BlockMap.open(path, blob, B)).rejects.toBeInstanceOf(MapMismatchError)
   })
 
-  it('a verified blob trusts its digests: a block fetched again must match, and a complete trusted blob is verified', async () => {
+  it('a verified blob trusts its checksums: a block fetched again must match, and a complete trusted blob is verified', async () => {
     const { data, blob } = blobOf(3 * B)
     const path = join(dir, 'x.map')
     const map = await BlockMap.open(path, blob, B)
-    for (let n = 0; n < 3; n++) map.landed(n, sha(data.subarray(n * B, (n + 1) * B)))
+    for (let n = 0; n < 3; n++) map.landed(n, blockChecksum(data.subarray(n * B, (n + 1) * B), n))
     expect(map.complete).toBe(true)
     expect(map.verified).toBe(false) // complete, but not yet hashed as a whole
     map.markVerified()
@@ -109,9 +109,9 @@ describe('BlockMap', () => {
     expect(again.isTrusted(1)).toBe(true)
     again.drop(1)
     expect(again.verified).toBe(false)
-    expect(again.landed(1, sha(Buffer.alloc(B)))).toBe(false) // other bytes than the verified blob had
+    expect(again.landed(1, blockChecksum(Buffer.alloc(B), 1))).toBe(false) // other bytes than the verified blob had
     expect(again.state(1)).toBe(BlockState.Absent)
-    expect(again.landed(1, sha(data.subarray(B, 2 * B)))).toBe(true)
+    expect(again.landed(1, blockChecksum(data.subarray(B, 2 * B), 1))).toBe(true)
     expect(again.verified).toBe(true)
     await again.close()
   })
@@ -123,5 +123,18 @@ describe('BlockMap', () => {
     expect((await stat(path)).mode & 0o777).toBe(0o600)
     await a.close()
     await b.close()
+  })
+})
+
+describe('blockChecksum', () => {
+  it('changes with any byte and with the block number', () => {
+    const data = randomBytes(B)
+    const base = blockChecksum(data, 5)
+    expect(blockChecksum(data, 6)).not.toBe(base)
+    for (const at of [0, 17, B - 1]) {
+      const bad = Buffer.from(data)
+      bad[at] = bad[at]! ^ 0x10
+      expect(blockChecksum(bad, 5)).not.toBe(base)
+    }
   })
 })

@@ -80,7 +80,9 @@ async function mountInBackground(args: string[], logTarget: LogTarget, password:
   const child = spawn(process.execPath, [CLI_ENTRY, ...args, '--foreground'], {
     detached: true,
     stdio: [password !== undefined ? 'pipe' : 'ignore', logFd, logFd, 'pipe'],
-    env: { ...process.env, CNAIFS_READY_FD: '3', CNAIFS_LOG_TARGET: logFile },
+    // MALLOC_ARENA_MAX: glibc gives every thread (fetch workers, libfuse threads) its own malloc arena, which
+    // keeps freed response buffers as resident memory; two arenas hold the daemon's RSS to its budget.
+    env: { MALLOC_ARENA_MAX: '2', ...process.env, CNAIFS_READY_FD: '3', CNAIFS_LOG_TARGET: logFile },
   })
   if (password !== undefined) child.stdin?.end(password + '\n')
   const pipe = child.stdio[3] as NodeJS.ReadableStream
