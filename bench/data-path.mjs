@@ -13,7 +13,7 @@
 //   node bench/data-path.mjs --bindings fuse3 --big-mib 1024 --skip rss
 // Options: --big-mib N, --shard-mib N, --shards N, --npy-mib N, --random N, --mmap-values N, --runs N (best of N for
 // cold/warm), --bindings a,b, --skip cold,warm,model,random,mmap,rss, --work-base DIR (default /var/tmp),
-// --result FILE (also write the table there), --keep.
+// --result FILE (also write the table there), --mount-args "…" (extra `cnaifs mount` arguments), --keep.
 // Everything it starts is stopped and its temp dir removed on exit, also on failure or Ctrl-C.
 import { execFile, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
@@ -45,6 +45,8 @@ const cfg = {
   workBase: opt('work-base', '/var/tmp'),
   result: opt('result', undefined),
   keep: args.includes('--keep'),
+  /** Extra `cnaifs mount` arguments for every mount, e.g. --mount-args "--kernel-readahead 128K". */
+  mountArgs: (opt('mount-args', '') || '').split(' ').filter(Boolean),
 }
 
 const say = (m) => process.stderr.write(`[bench/data-path ${new Date().toISOString().slice(11, 19)}] ${m}\n`)
@@ -126,7 +128,7 @@ async function npyFile(path, bytes) {
 
 async function mount(ref, cacheDir, binding) {
   const mp = join(work, `mnt-${Math.random().toString(36).slice(2, 8)}`)
-  await sh(CNAIFS, ['--cache-dir', cacheDir, 'mount', ref, mp], { env: { ...process.env, CNAIFS_FUSE: binding } })
+  await sh(CNAIFS, ['--cache-dir', cacheDir, 'mount', ref, mp, ...cfg.mountArgs], { env: { ...process.env, CNAIFS_FUSE: binding } })
   const status = JSON.parse(await sh(CNAIFS, ['--cache-dir', cacheDir, 'status', mp, '--json']))
   const m = { mp, cacheDir, pid: status.pid, binding: status.binding }
   mounts.add(m)

@@ -6,7 +6,6 @@
 import { open, type FileHandle } from 'node:fs/promises'
 import { constants } from 'node:fs'
 import { DeadlineError } from '../registry/errors.js'
-import { DEFAULTS } from '../util/defaults.js'
 import { CnaifsError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
 import { BlockFetcher, type StartedPart } from './block-fetcher.js'
@@ -23,9 +22,6 @@ import type { FetchPurpose } from './worker-protocol.js'
 const MAX_ROUNDS = 4
 /** Blocks per check job. */
 const CHECK_BATCH = 8
-/** Reads up to this size outside a sequential run fetch only their own bytes (see wantsDirectRead). */
-const DIRECT_READ_MAX = 128 * 1024
-const DIRECT_READ_ALIGN = 4096
 
 /** The registry served bytes that do not hash to the blob's digest. */
 export class CorruptBlobError extends CnaifsError {
@@ -74,8 +70,6 @@ export class CachedBlob {
   private readonly fetcher: BlockFetcher
   private verifier?: BlobVerifier
   private readonly checks = new Map<number, Promise<void>>()
-  /** Small reads fetched past the cache, in flight (see readDirect). */
-  private readonly directReads = new Map<string, Promise<Buffer>>()
   /** Data files closed while leases were held (see close()). */
   private readonly retired: FileHandle[] = []
   private source?: BlobSource
@@ -299,48 +293,6 @@ export class CachedBlob {
     const parts = this.startFetch(absent, 'prefetch')
     for (const p of parts) this.fetcher.hold(p.first, signal)
     return { bytes, done: Promise.all(parts.map((p) => p.settled)).then(() => undefined) }
-  }
-
-  /**
-   * Whether a read of blob bytes [start, stop) in blocks first..last is better served by fetching just those
-   * bytes (not cached) than whole blocks: a small read outside any sequential run, whose blocks nobody has
-   * or fetches, not in the blob's last block. A 4 KiB random read then costs a 4 KiB GET, not a 1 MiB block.
-   * Such bytes are served unverified, like any block's before its blob is complete.
-   */
-  wantsDirectRead(first: number, last: number, start: number, stop: number): boolean {
-    const map = this.map
-    if (!map || this.corrupt || stop - start > DIRECT_READ_MAX) return false
-    // Not at a blob's end (a blob of one block included): those bytes are served only once verified.
-    if (last >= map.blockCount - 1) return false
-    for (let n = first; n <= last; n++) {
-      if (map.state(n) !== BlockState.Absent || this.fetcher.isInFlight(n) || this.deps.memory.has(this.hex, n)) return false
-    }
-    return true
-  }
-
-  /** Fetches blob bytes [start, stop) into memory, bypassing the cache (see wantsDirectRead). */
-  readDirect(start: number, stop: number, signal: AbortSignal): Promise<Buffer> {
-    const source = this.source
-    if (!source) return Promise.reject(new CnaifsError('EINVAL', `blob ${this.ref.digest} has no source to fetch from`))
-    // Whole pages around the read: the kernel asks for pages, and neighbouring reads often follow.
-    const from = Math.floor(start / DIRECT_READ_ALIGN) * DIRECT_READ_ALIGN
-    const to = Math.min(this.ref.size, Math.ceil(stop / DIRECT_READ_ALIGN) * DIRECT_READ_ALIGN)
-    // Single flight: readers of the same pages share one GET (each keeps its own deadline; the GET itself is
-    // bounded by the registry client's request deadline).
-    const key = `${from}-${to}`
-    let fetched = this.directReads.get(key)
-    if (!fetched) {
-      fetched = source.kind === 'registry'
-        ? this.deps.pool.read({
-          reference: source.reference, digest: this.ref.digest, blobSize: this.ref.size, offset: from, length: to - from, path: this.paths.data, purpose: 'read',
-        }, (n, checksum, memory) => this.landed(n, checksum, memory))
-        : source.produce(from, to - from, AbortSignal.timeout(DEFAULTS.read.timeoutMs))
-      const settled = fetched
-      this.directReads.set(key, settled)
-      settled.then(() => this.deps.onFetchedBlock?.(to - from), () => undefined).finally(() => this.directReads.delete(key))
-    }
-    return raceSignal(fetched, signal, () => this.deadline(Math.floor(start / this.deps.blockSize), Math.floor((stop - 1) / this.deps.blockSize)))
-      .then((data) => data.subarray(start - from, stop - from))
   }
 
   /** Bytes of blob range [start, end) present in the data file or in memory. */

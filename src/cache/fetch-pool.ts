@@ -107,16 +107,6 @@ export class FetchPool {
     }
   }
 
-  /**
-   * GETs `length` bytes at `offset` of a blob into memory, without filling the cache (small random reads); a
-   * server that sends the whole blob anyway has its blocks stored and reported through `onLanded`.
-   */
-  async read(r: FetchRequest, onLanded: LandedHandler): Promise<Buffer> {
-    const reply = await this.run(this.leastBusy(), { t: 'read', id: this.nextId++, ...r }, r.length, onLanded)
-    const data = (reply as Extract<FromWorker, { t: 'bytes' }>).data
-    return Buffer.from(data.buffer, data.byteOffset, data.byteLength)
-  }
-
   /** Writes bytes made here (block-aligned) into the data file; the Buffer is handed over, not copied. */
   store(path: string, blobSize: number, offset: number, data: Buffer, onLanded: LandedHandler): Promise<void> {
     const worker = this.leastBusy()
@@ -189,7 +179,6 @@ export class FetchPool {
         return
       }
       case 'reached': this.pending.get(m.id)?.onReached?.(m.at); return
-      case 'bytes': this.settle(m.id, { value: m }); return
       case 'done': this.settle(m.id, { value: m }); return
       case 'checked': this.settle(m.id, { value: m }); return
       case 'prefixed': this.settle(m.id, { value: m }); return

@@ -62,7 +62,7 @@ class DataFiles {
 }
 
 const files = new DataFiles()
-const jobs = new Map<number, { controller: AbortController; assembler?: BlockAssembler }>()
+const jobs = new Map<number, { controller: AbortController; assembler: BlockAssembler }>()
 /** Running sha256 of blobs being verified, by digest: bytes [0, at) of the data file are hashed. */
 const prefixes = new Map<string, { hash: Hash; at: number }>()
 /** For reading blocks back (checks, running hashes, the rare re-hash of a block that arrived out of order). */
@@ -241,29 +241,6 @@ async function fetchJob(m: Extract<ToWorker, { t: 'fetch' }>): Promise<void> {
   }
 }
 
-async function readJob(m: Extract<ToWorker, { t: 'read' }>): Promise<void> {
-  const controller = new AbortController()
-  jobs.set(m.id, { controller })
-  // The asked bytes go to memory; everything received also goes to the data file, so a server that sends the
-  // whole blob fills the cache (the few asked bytes alone never complete a block, and are never landed).
-  const out = Buffer.allocUnsafeSlow(m.length)
-  const end = m.offset + m.length
-  const assembler = new BlockAssembler(m.id, m.path, m.blobSize, m.offset)
-  try {
-    await client.streamBlobRange(m.reference, m.digest, m.offset, m.length, (chunk, position) => {
-      const from = Math.max(position, m.offset)
-      const to = Math.min(position + chunk.length, end)
-      if (to > from) chunk.copy(out, from - m.offset, from - position, to - position)
-      assembler.add(chunk, position)
-    }, { signal: controller.signal, keepExtra: true, purpose: m.purpose })
-    post({ t: 'bytes', id: m.id, data: new Uint8Array(out.buffer, 0, out.byteLength) }, [out.buffer as ArrayBuffer])
-  } catch (err) {
-    post({ t: 'failed', id: m.id, error: toWire(err) })
-  } finally {
-    jobs.delete(m.id)
-  }
-}
-
 function storeJob(m: Extract<ToWorker, { t: 'store' }>): void {
   try {
     const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength)
@@ -325,12 +302,11 @@ function prefixJob(m: Extract<ToWorker, { t: 'prefix' }>): void {
 port.on('message', (m: ToWorker) => {
   switch (m.t) {
     case 'fetch': void fetchJob(m); break
-    case 'read': void readJob(m); break
     case 'store': storeJob(m); break
     case 'check': checkJob(m); break
     case 'prefix': prefixJob(m); break
     case 'abort': jobs.get(m.id)?.controller.abort(); break
-    case 'watch': jobs.get(m.id)?.assembler?.watch(m.position); break
+    case 'watch': jobs.get(m.id)?.assembler.watch(m.position); break
     case 'forget': files.forget(m.path); prefixes.delete(m.digest); break
     case 'redirect':
       if (m.url) client.rememberRedirect(m.digest, m.url, false)

@@ -69,6 +69,7 @@ export class FileReader implements FileDataPath {
       maxWindowBytes: o.window?.maxWindowBytes ?? DEFAULTS.read.maxWindowBytes,
       runLookaheadFactor: o.window?.runLookaheadFactor ?? DEFAULTS.read.runLookaheadFactor,
       outOfOrderToleranceBytes: o.window?.outOfOrderToleranceBytes ?? DEFAULTS.read.outOfOrderToleranceBytes,
+      minRunBytes: o.window?.minRunBytes ?? DEFAULTS.read.minRunBytes,
     }
     this.replayMs = o.failedReadReplayMs ?? DEFAULTS.read.failedReadReplayMs
     this.log = o.log ?? silentLogger()
@@ -107,14 +108,6 @@ export class FileReader implements FileDataPath {
       h.failures.push({ at: performance.now(), start: offset, end, error: err })
       if (h.failures.length > MAX_REMEMBERED_FAILURES) h.failures.shift()
       throw err
-    }
-    // A small read outside a sequential run, of blocks nobody has: fetch its own bytes only.
-    if (!h.window.peek(offset) && blob.wantsDirectRead(first, last, start, stop)) {
-      h.window.onRead(offset, end)
-      return blob.readDirect(start, stop, signal).then((data) => {
-        this.observer.onRead?.(false, stop - start)
-        return data
-      }, failed)
     }
     // ensure() claims this read's missing blocks before read-ahead looks for blocks to fetch.
     const ready = blob.ensure(first, last, signal, { bytes: { start, stop } })

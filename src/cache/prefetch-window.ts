@@ -9,12 +9,17 @@
  *   scan is by far the commonest start).
  * - The window is capped by maxWindowBytes and by runLookaheadFactor × the bytes the current run has read
  *   (never below initialWindowBytes), so one 1 MiB pread in the middle of a file does not fetch 64 MiB ahead.
+ * - A run that starts in the middle of a file earns a window only once it has read minRunBytes: an mmap page
+ *   fault arrives as the kernel's readahead window around the page, in consecutive requests (128 KiB each on
+ *   libfuse 2), which is not a scan and must not fetch the blocks after it.
  */
 export interface WindowSettings {
   initialWindowBytes: number
   maxWindowBytes: number
   runLookaheadFactor: number
   outOfOrderToleranceBytes: number
+  /** Bytes a run started mid-file must read before it earns a window (0: at once). */
+  minRunBytes: number
 }
 
 export class SequentialWindow {
@@ -22,6 +27,8 @@ export class SequentialWindow {
   private frontier: number | undefined
   private window = 0
   private runBytes = 0
+  /** The current run began at the file's start (a scan): it earns its window at once. */
+  private runFromStart = true
 
   constructor(private readonly s: WindowSettings) {}
 
@@ -33,8 +40,11 @@ export class SequentialWindow {
   /** Whether a read at `offset` would continue the run (without recording it). */
   peek(offset: number): boolean {
     const frontier = this.frontier ?? 0
-    const tolerance = Math.min(this.s.outOfOrderToleranceBytes, 2 * this.window)
-    return offset === frontier || (this.window > 0 && Math.abs(offset - frontier) <= tolerance)
+    // Before a window exists, reads within the kernel-readahead-sized minRunBytes of the frontier continue
+    // the run too (the kernel's parallel requests arrive in any order); such a run still has to read
+    // minRunBytes before it earns a window, so scattered readers never do.
+    const tolerance = Math.min(this.s.outOfOrderToleranceBytes, Math.max(2 * this.window, this.s.minRunBytes))
+    return offset === frontier || Math.abs(offset - frontier) <= tolerance
   }
 
   /** Records a read of [offset, end); returns the file range to read ahead, if the read was sequential. */
@@ -45,9 +55,11 @@ export class SequentialWindow {
     if (!sequential) {
       this.window = 0
       this.runBytes = end - offset
+      this.runFromStart = offset < this.s.minRunBytes
       return undefined
     }
     this.runBytes += end - offset
+    if (!this.runFromStart && this.runBytes < this.s.minRunBytes) return undefined
     const grown = this.window ? Math.min(this.window * 2, this.s.maxWindowBytes) : Math.min(this.s.initialWindowBytes, this.s.maxWindowBytes)
     this.window = Math.min(grown, Math.max(this.s.initialWindowBytes, this.s.runLookaheadFactor * this.runBytes))
     return { from: this.frontier, to: this.frontier + this.window }

@@ -17,11 +17,6 @@ export type FetchPurpose = 'read' | 'prefetch'
 export type ToWorker =
   /** GET blob bytes [offset, offset+length) into the data file at `path` (block-aligned range). */
   | { t: 'fetch'; id: number; reference: ImageReference; digest: string; blobSize: number; offset: number; length: number; path: string; purpose: FetchPurpose }
-  /**
-   * GET a few bytes of a blob into memory (a small random read: the cache is not filled for it, unless the
-   * server sends the whole blob, whose every block is then stored as a fetch would).
-   */
-  | { t: 'read'; id: number; reference: ImageReference; digest: string; blobSize: number; offset: number; length: number; path: string; purpose: FetchPurpose }
   /** Write bytes made in the main thread (block-aligned) into the data file and hash their blocks. */
   | { t: 'store'; id: number; path: string; blobSize: number; offset: number; data: Uint8Array }
   /** Read blocks back from the data file and compare each with its expected checksum (block-checksum.ts). */
@@ -43,8 +38,6 @@ export type FromWorker =
    */
   | { t: 'landed'; id: number; block: number; checksum: number; memory?: Uint8Array }
   | { t: 'done'; id: number }
-  /** The bytes a 'read' asked for (transferred). */
-  | { t: 'bytes'; id: number; data: Uint8Array }
   /** The fetch's range is in the data file from its start up to `at` (answers a watch). */
   | { t: 'reached'; id: number; at: number }
   | { t: 'failed'; id: number; error: WireError }

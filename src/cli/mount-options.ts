@@ -32,6 +32,7 @@ export const MOUNT_OPTIONS: Record<string, MountOptionSpec> = {
   cache_max_size: spec('--cache-max-size', true),
   read_timeout: spec('--read-timeout', true),
   memory_budget: spec('--memory-budget', true),
+  kernel_readahead: spec('--kernel-readahead', true),
   metrics_addr: spec('--metrics-addr', true),
   prefetch: spec('--prefetch', true),
   prefetch_bandwidth: spec('--prefetch-bandwidth', true),

@@ -25,6 +25,8 @@ export interface MountDaemonOptions {
   cacheDir: string
   cacheMaxBytes?: number
   memoryBudgetBytes: number
+  /** The kernel's readahead for the mount (see DEFAULTS.fuse.readaheadBytes). */
+  readaheadBytes?: number
   readTimeoutMs: number
   allowOther: boolean
   uid?: number
@@ -119,7 +121,7 @@ export async function runMountDaemon(o: MountDaemonOptions, deps: MountDaemonDep
       attrTimeoutS: DEFAULTS.fuse.cacheTimeoutS,
       entryTimeoutS: DEFAULTS.fuse.cacheTimeoutS,
       negativeTimeoutS: DEFAULTS.fuse.cacheTimeoutS,
-      readaheadBytes: DEFAULTS.fuse.readaheadBytes,
+      readaheadBytes: o.readaheadBytes ?? DEFAULTS.fuse.readaheadBytes,
       maxBackground: DEFAULTS.fuse.maxBackground,
       congestionThreshold: DEFAULTS.fuse.congestionThreshold,
       onUnexpected: (op, err) => log.error({ op, error: errorMessage(err) }, 'FUSE operation failed unexpectedly'),

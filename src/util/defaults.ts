@@ -41,6 +41,11 @@ export const DEFAULTS = {
     runLookaheadFactor: 4,
     /** How far out of order the kernel's parallel reads may arrive and still continue a run. */
     outOfOrderToleranceBytes: 16 * MiB,
+    /**
+     * A run that starts mid-file earns read-ahead only after this many bytes: more than the kernel's own
+     * readahead window (fuse.readaheadBytes), which is what one mmap page fault asks for.
+     */
+    minRunBytes: 2 * MiB,
     /** A failed read is answered with the same error for overlapping reads of its handle for this long. */
     failedReadReplayMs: 1000,
   },

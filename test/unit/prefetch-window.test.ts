@@ -4,7 +4,7 @@ import { SequentialWindow } from '../../src/cache/prefetch-window.js'
 
 const MiB = 1024 * 1024
 const K128 = 128 * 1024
-const settings = { initialWindowBytes: MiB, maxWindowBytes: 64 * MiB, runLookaheadFactor: 4, outOfOrderToleranceBytes: 16 * MiB }
+const settings = { initialWindowBytes: MiB, maxWindowBytes: 64 * MiB, runLookaheadFactor: 4, outOfOrderToleranceBytes: 16 * MiB, minRunBytes: 2 * MiB }
 
 describe('SequentialWindow', () => {
   it('starts a run at offset 0 and doubles the window up to its cap while reads continue', () => {
@@ -26,6 +26,15 @@ describe('SequentialWindow', () => {
     const w = new SequentialWindow(settings)
     for (const off of [77 * MiB, 3 * MiB, 500 * MiB, 12 * MiB]) expect(w.onRead(off, off + 4096)).toBeUndefined()
     expect(w.size).toBe(0)
+  })
+
+  it('an mmap page fault in the middle (a 512 KiB window in four 128 KiB reads) reads nothing ahead; a longer run does', () => {
+    const w = new SequentialWindow(settings)
+    const base = 100 * MiB
+    for (let i = 0; i < 4; i++) expect(w.onRead(base + i * K128, base + (i + 1) * K128)).toBeUndefined()
+    let ahead: { from: number; to: number } | undefined
+    for (let i = 4; i < 20 && !ahead; i++) ahead = w.onRead(base + i * K128, base + (i + 1) * K128)
+    expect(ahead).toBeDefined()
   })
 
   it('a 1 MiB pread in the middle (eight 128 KiB reads) reads ahead at most 4 × what it read', () => {

@@ -7,6 +7,7 @@ import { Command, Option } from 'commander'
 // below), so `cnaifs ls`, `cat` and `--help` start without them.
 import { formatReference, parseReference } from '../../registry/reference.js'
 import { CnaifsError, UsageError, isErrorCode } from '../../util/errors.js'
+import { DEFAULTS } from '../../util/defaults.js'
 import { createLogger } from '../../util/log.js'
 import { ProgressBar, parseSize } from '../../util/progress.js'
 import { createContext, defaultCacheDir, type RegistryCliOptions } from '../context.js'
@@ -23,6 +24,7 @@ interface MountCliOptions extends RegistryCliOptions {
   cacheMaxSize?: string
   readTimeout: string
   memoryBudget: string
+  kernelReadahead: string
   metricsAddr?: string
   prefetch: 'none' | 'meta' | 'all'
   prefetchBandwidth?: string
@@ -147,7 +149,8 @@ export function registerMountCommands(program: Command): void {
     .option('--gid <gid>', 'show every file as owned by this gid')
     .option('--cache-max-size <size>', 'bound the disk block cache, e.g. 50G (least recently used blobs are evicted)')
     .option('--read-timeout <seconds>', 'a read the registry cannot serve fails with EIO after this long', '30')
-    .option('--memory-budget <size>', 'memory for cached blocks and prefetch, shared by all open files', '256M')
+    .option('--memory-budget <size>', 'memory for read-ahead in flight and for blocks the disk cannot take, shared by all open files', '256M')
+    .option('--kernel-readahead <size>', 'the kernel\'s readahead for the mount: an mmap page fault reads this much around the page (small for loaders that mmap scattered tensors); it also caps the size of read requests', '512K')
     .option('--metrics-addr <[host:]port>', 'serve Prometheus metrics on this address (/metrics)')
     .addOption(new Option('--prefetch <mode>', 'prefetch after mounting: none, meta (configs and docs), all (then every weight file)').choices(['none', 'meta', 'all']).default('none'))
     .option('--prefetch-bandwidth <size>', 'cap prefetch at this many bytes per second, e.g. 200M')
@@ -167,7 +170,8 @@ export function registerMountCommands(program: Command): void {
       const daemonOptions = {
         mountpoint: abs,
         cacheMaxBytes: size(opts.cacheMaxSize, '--cache-max-size'),
-        memoryBudgetBytes: size(opts.memoryBudget, '--memory-budget') ?? 256 * 1024 * 1024,
+        memoryBudgetBytes: size(opts.memoryBudget, '--memory-budget') ?? DEFAULTS.read.memoryBudgetBytes,
+        readaheadBytes: size(opts.kernelReadahead, '--kernel-readahead') ?? DEFAULTS.fuse.readaheadBytes,
         readTimeoutMs: readTimeoutSec * 1000,
         allowOther: Boolean(opts.allowOther),
         uid: int(opts.uid, '--uid'),
