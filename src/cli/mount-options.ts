@@ -18,6 +18,8 @@ export interface MountOptionSpec {
   global?: boolean
   /** A fixed value the key stands for (`debug` = `--log-level debug`). */
   implies?: string
+  /** May be given several times; the values add up (-o header=A:1,header=B:2 is -H A:1 -H B:2). */
+  repeatable?: boolean
 }
 
 const spec = (flag: string, value: boolean, extra: Partial<MountOptionSpec> = {}): MountOptionSpec => ({
@@ -42,6 +44,13 @@ export const MOUNT_OPTIONS: Record<string, MountOptionSpec> = {
   insecure: spec('--insecure', false),
   ca_file: spec('--ca-file', true),
   request_timeout: spec('--request-timeout', true),
+  authfile: spec('--authfile', true),
+  header: spec('--header', true, { repeatable: true }),
+  registry_config: spec('--registry-config', true),
+  hosts_dir: spec('--hosts-dir', true),
+  containerd_config: spec('--containerd-config', true),
+  registries_conf: spec('--registries-conf', true),
+  dragonfly_prefetch_priority: spec('--dragonfly-prefetch-priority', true),
   cache_dir: spec('--cache-dir', true, { global: true }),
   log_level: spec('--log-level', true, { global: true }),
   debug: { attr: 'logLevel', flag: '--debug', value: false, global: true, implies: 'debug' },
@@ -60,8 +69,8 @@ const IGNORED = new Set([
 const IGNORED_PREFIXES = ['x-', 'comment=', 'fsname=', 'subtype=', 'context=', 'fscontext=', 'defcontext=', 'rootcontext=']
 
 export interface ParsedMountOptions {
-  /** Values for the mount command's options, by commander attribute. */
-  command: Record<string, string | true>
+  /** Values for the mount command's options, by commander attribute (a list for repeatable ones). */
+  command: Record<string, string | true | string[]>
   /** Values for the global options (cacheDir, logLevel). */
   global: Record<string, string>
   /** Options accepted and ignored (mount(8)'s own; unknown ones when sloppy). */
@@ -110,6 +119,11 @@ export function parseMountOptions(lists: string[], options: { sloppy?: boolean }
     if (!s.value && value !== undefined) throw new UsageError(`mount option ${rawKey} takes no value (it is the switch ${s.flag})`)
     const v: string | true = s.implies ?? value ?? true
     const into = s.global ? parsed.global : parsed.command
+    if (s.repeatable) {
+      const list = (parsed.command[s.attr] as string[] | undefined) ?? []
+      parsed.command[s.attr] = [...list, String(v)]
+      continue
+    }
     const before = into[s.attr]
     if (before !== undefined && before !== v) throw new UsageError(`mount option ${rawKey} is given twice with different values`)
     ;(into as Record<string, string | true>)[s.attr] = v
@@ -121,9 +135,13 @@ export function parseMountOptions(lists: string[], options: { sloppy?: boolean }
  * Merges `-o` values into the values of the flags. A value given both ways must agree; a flag left at its
  * default takes the `-o` value. `explicit(attr)` tells whether the flag was given on the command line.
  */
-export function mergeMountOptions<T extends object>(flags: T, fromO: Record<string, string | true>, explicit: (attr: string) => boolean): T {
+export function mergeMountOptions<T extends object>(flags: T, fromO: Record<string, string | true | string[]>, explicit: (attr: string) => boolean): T {
   const out = { ...flags } as Record<string, unknown>
   for (const [attr, v] of Object.entries(fromO)) {
+    if (Array.isArray(v)) {
+      out[attr] = [...((out[attr] as string[] | undefined) ?? []), ...v]
+      continue
+    }
     if (explicit(attr) && out[attr] !== v) {
       throw new UsageError(`${flagOf(attr)} and -o disagree (${JSON.stringify(out[attr])} and ${JSON.stringify(v)})`)
     }

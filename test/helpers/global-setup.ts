@@ -5,8 +5,8 @@
  *   basicRegistry  htpasswd (basic) auth, user alice / s3cret-basic
  *   tokenRegistry  token (Bearer) auth against our own token service, user bob / s3cret-token
  *
- * Tests get them with `inject('registry')` etc. (typed through ProvidedContext below); the same
- * values are also exported as CNAIFS_TEST_* environment variables for code that cannot use inject().
+ * Tests get them with `inject('registry')` etc. (typed through ProvidedContext below). Each vitest project
+ * that lists this file runs its own registries (e2e and e2e-fuse-native may run at the same time).
  */
 import { existsSync } from 'node:fs'
 import type { TestProject } from 'vitest/node'
@@ -95,21 +95,6 @@ export default async function setup({ provide }: TestProject): Promise<() => Pro
     provide('basicRegistry', basicRegistry)
     provide('tokenRegistry', tokenRegistry)
 
-    // Fallback for code paths without inject() (workers inherit the main process environment).
-    Object.assign(process.env, {
-      CNAIFS_TEST_REGISTRY: registry.url,
-      CNAIFS_TEST_REGISTRY_HOST: registry.host,
-      CNAIFS_TEST_BASIC_REGISTRY: basicRegistry.url,
-      CNAIFS_TEST_BASIC_REGISTRY_HOST: basicRegistry.host,
-      CNAIFS_TEST_BASIC_USERNAME: basicRegistry.username,
-      CNAIFS_TEST_BASIC_PASSWORD: basicRegistry.password,
-      CNAIFS_TEST_TOKEN_REGISTRY: tokenRegistry.url,
-      CNAIFS_TEST_TOKEN_REGISTRY_HOST: tokenRegistry.host,
-      CNAIFS_TEST_TOKEN_USERNAME: tokenRegistry.username,
-      CNAIFS_TEST_TOKEN_PASSWORD: tokenRegistry.password,
-      CNAIFS_TEST_TOKEN_SERVICE_URL: tokenRegistry.tokenServiceUrl,
-      CNAIFS_TEST_TOKEN_SERVICE: tokenRegistry.service,
-    })
   } catch (err) {
     await teardown().catch(() => {})
     throw new Error(`global setup: starting the ${step} failed: ${(err as Error).message}`, { cause: err })

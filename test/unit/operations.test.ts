@@ -35,6 +35,12 @@ describe('-o mount options', () => {
     expect(parseMountOptions(['ca_file="/etc/a,b.pem",uid=0']).command).toEqual({ caFile: '/etc/a,b.pem', uid: '0' })
   })
 
+  it('cover the registry and kernel options too; a header may be given several times, and adds to -H', () => {
+    const parsed = parseMountOptions(['header=X-A:1,header="X-B: 2",authfile=/etc/cnaifs/auth.json,registry_config=crio,kernel_readahead=128K'])
+    expect(parsed.command).toEqual({ header: ['X-A:1', 'X-B: 2'], authfile: '/etc/cnaifs/auth.json', registryConfig: 'crio', kernelReadahead: '128K' })
+    expect(mergeMountOptions({ header: ['X-C:3'] }, parsed.command, () => false)).toMatchObject({ header: ['X-C:3', 'X-A:1', 'X-B: 2'] })
+  })
+
   it('refuse unknown options (unless sloppy), missing values and values on switches', () => {
     expect(() => parseMountOptions(['allow_other,max_read=4096'])).toThrow(/^unknown mount option "max_read" \(known: allow_other, uid,/)
     expect(parseMountOptions(['max_read=4096'], { sloppy: true }).ignored).toEqual(['max_read=4096'])
