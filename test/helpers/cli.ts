@@ -6,7 +6,7 @@
 import { execFile, spawn } from 'node:child_process'
 import { createCipheriv, createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -34,7 +34,17 @@ export async function tempDir(prefix = 'cnaifs-test-'): Promise<string> {
   return dir
 }
 
+/**
+ * Removes this process's temp dirs. A mount still inside one (a test that failed before its teardown) is
+ * detached first, so rm never walks into it; mounts of other test files, which may be running at the same
+ * time, are never touched.
+ */
 export async function cleanupTempDirs(): Promise<void> {
+  const mounts = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(Boolean)
+    .map((l) => l.split(' ')[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+  for (const mp of mounts) {
+    if ([...tempDirs].some((d) => mp.startsWith(d + '/'))) await execFileAsync('fusermount', ['-uz', mp]).catch(() => undefined)
+  }
   await Promise.all([...tempDirs].map((d) => rm(d, { recursive: true, force: true })))
   tempDirs.clear()
 }
