@@ -192,9 +192,7 @@ export class FetchPool {
   }
 
   private start(script: URL, index: number): PoolWorker {
-    // A small young generation: fetched bytes pass through short-lived Buffers, and a worker that collects
-    // them often keeps the daemon's resident memory flat while it streams.
-    const thread = new Worker(script, { workerData: this.settings, name: `cnaifs-fetch-${index}`, resourceLimits: { maxYoungGenerationSizeMb: 8, maxOldGenerationSizeMb: 96 } })
+    const thread = new Worker(script, { workerData: this.settings, name: `cnaifs-fetch-${index}` })
     const worker: PoolWorker = { thread, busy: 0, index }
     thread.on('message', (m: FromWorker) => this.onMessage(worker, m))
     thread.on('error', (err) => this.log.error({ worker: index, error: err.message }, 'fetch worker failed'))
