@@ -13,6 +13,8 @@ import type { FetchPurpose } from './worker-protocol.js'
 interface Waiter {
   resolve: () => void
   reject: (err: Error) => void
+  /** The part the reader counts on (it changes when a whole-blob response takes the block over). */
+  part: Part
 }
 
 interface Part {
@@ -27,6 +29,8 @@ interface Part {
   /** The part's range is in the data file from its start up to this blob position. */
   reached: number
   settled: boolean
+  /** The server answered with the whole blob: every absent block arrives through this part. */
+  whole?: boolean
 }
 
 /** A part started by fetch(): `settled` resolves (never rejects) when its request is over. */
@@ -36,16 +40,24 @@ export interface StartedPart {
   settled: Promise<void>
 }
 
-/**
- * Starts the job that fetches blocks [first, last]; it reports blocks through BlockFetcher.landed() and how far
- * its range is written through `onReached`.
- */
-export type PartStarter = (first: number, last: number, purpose: FetchPurpose, onReached: (at: number) => void) => RunningJob
+/** What a running part reports besides its landed blocks (BlockFetcher.landed()). */
+export interface PartEvents {
+  /** Its range is in the data file from its start up to `at`. */
+  reached(at: number): void
+  /** The server sends the whole blob in answer to it. */
+  whole(): void
+}
+
+/** Starts the job that fetches blocks [first, last]. */
+export type PartStarter = (first: number, last: number, purpose: FetchPurpose, events: PartEvents) => RunningJob
 
 export class BlockFetcher {
   /** The part each in-flight block belongs to. */
   private readonly parts = new Map<number, Part>()
   private readonly running = new Set<Part>()
+
+  /** Told when a part turns out to bring the whole blob (the owner answers with adoptWhole()). */
+  onWhole?: (part: Part) => void
 
   constructor(private readonly digest: string, private readonly blockSize: number, private readonly start: PartStarter) {}
 
@@ -84,42 +96,82 @@ export class BlockFetcher {
    * looks at the block's state again). Rejects with DeadlineError when `signal` fires.
    */
   waitFor(n: number, signal: AbortSignal, until?: number): Promise<void> {
-    const part = this.parts.get(n)
-    if (!part) return Promise.resolve()
-    if (until !== undefined && part.reached >= until) return Promise.resolve()
+    const first = this.parts.get(n)
+    if (!first) return Promise.resolve()
+    if (until !== undefined && first.reached >= until) return Promise.resolve()
     if (signal.aborted) return Promise.reject(this.deadline(n))
-    part.waiters++
+    first.waiters++
     return new Promise<void>((resolve, reject) => {
-      const list = part.blockWaiters.get(n) ?? []
-      part.blockWaiters.set(n, list)
       let done = false
       const leave = (): boolean => {
         if (done) return false
         done = true
         signal.removeEventListener('abort', onAbort)
+        const part = waiter.part
         part.waiters--
-        const at = list.indexOf(waiter)
-        if (at >= 0) list.splice(at, 1)
+        const list = part.blockWaiters.get(n)
+        const at = list ? list.indexOf(waiter) : -1
+        if (at >= 0) list!.splice(at, 1)
         const pw = part.positionWaiters.findIndex((p) => p.waiter === waiter)
         if (pw >= 0) part.positionWaiters.splice(pw, 1)
         return true
       }
       const waiter: Waiter = {
+        part: first,
         resolve: () => { if (leave()) resolve() },
         reject: (err) => { if (leave()) reject(err) },
       }
       const onAbort = (): void => {
+        const part = waiter.part
         if (!leave()) return
         if (part.waiters === 0 && !part.settled) this.abandon(part)
         reject(this.deadline(n))
       }
       signal.addEventListener('abort', onAbort, { once: true })
+      const list = first.blockWaiters.get(n) ?? []
+      first.blockWaiters.set(n, list)
       list.push(waiter)
-      if (until !== undefined && part.job?.watch) {
-        part.positionWaiters.push({ position: until, waiter })
-        part.job.watch(until)
+      if (until !== undefined && first.job?.watch) {
+        first.positionWaiters.push({ position: until, waiter })
+        first.job.watch(until)
       }
     })
+  }
+
+  /**
+   * `part`'s server sends the whole blob: each of `absent` (blocks nobody has) arrives through it. Blocks that
+   * other parts fetch move to it, with their readers, and those parts are cancelled (a pull-through cache
+   * would otherwise stream the whole blob once per request); blocks nobody fetched are taken over too, so
+   * readers that need them join this one response instead of asking again.
+   */
+  adoptWhole(part: Part, absent: number[]): void {
+    if (part.settled) return
+    part.whole = true
+    const others = new Set<Part>()
+    for (const n of absent) {
+      const other = this.parts.get(n)
+      if (other === part) continue
+      if (other) {
+        others.add(other)
+        const list = other.blockWaiters.get(n) ?? []
+        other.blockWaiters.delete(n)
+        const into = part.blockWaiters.get(n) ?? []
+        part.blockWaiters.set(n, into)
+        for (const w of list) {
+          w.part = part
+          other.waiters--
+          part.waiters++
+          into.push(w)
+          const pw = other.positionWaiters.findIndex((p) => p.waiter === w)
+          if (pw >= 0) other.positionWaiters.splice(pw, 1) // the whole response lands the block; no position to watch
+        }
+      }
+      this.parts.set(n, part)
+    }
+    for (const other of others) {
+      if ([...this.parts.values()].includes(other)) continue
+      other.job?.abort()
+    }
   }
 
   /** Keeps a part alive until `signal` fires, without waiting for it (prefetch). */
@@ -153,11 +205,12 @@ export class BlockFetcher {
 
   private startPart(first: number, last: number, purpose: FetchPurpose): StartedPart {
     const part: Part = { first, last, waiters: 0, blockWaiters: new Map(), positionWaiters: [], reached: first * this.blockSize, settled: false }
+    const events: PartEvents = { reached: (at) => this.reachedAt(part, at), whole: () => this.onWhole?.(part) }
     for (let n = first; n <= last; n++) this.parts.set(n, part)
     this.running.add(part)
     let done: Promise<void>
     try {
-      part.job = this.start(first, last, purpose, (at) => this.reachedAt(part, at))
+      part.job = this.start(first, last, purpose, events)
       done = part.job.done
     } catch (err) {
       done = Promise.reject(err)
@@ -174,7 +227,11 @@ export class BlockFetcher {
     if (part.settled) return
     part.settled = true
     this.running.delete(part)
-    for (let n = part.first; n <= part.last; n++) if (this.parts.get(n) === part) this.parts.delete(n)
+    if (part.whole) {
+      for (const [n, p] of [...this.parts]) if (p === part) this.parts.delete(n)
+    } else {
+      for (let n = part.first; n <= part.last; n++) if (this.parts.get(n) === part) this.parts.delete(n)
+    }
     for (const list of [...part.blockWaiters.values()]) for (const w of [...list]) w.reject(err)
     part.blockWaiters.clear()
     part.positionWaiters = []
@@ -182,7 +239,7 @@ export class BlockFetcher {
 
   /** Nobody waits any more: stop handing the part to new readers and cancel its request. */
   private abandon(part: Part): void {
-    for (let n = part.first; n <= part.last; n++) if (this.parts.get(n) === part) this.parts.delete(n)
+    for (const [n, p] of [...this.parts]) if (p === part) this.parts.delete(n)
     part.job?.abort()
   }
 

@@ -8,7 +8,7 @@ import { constants } from 'node:fs'
 import { DeadlineError } from '../registry/errors.js'
 import { CnaifsError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
-import { BlockFetcher, type StartedPart } from './block-fetcher.js'
+import { BlockFetcher, type PartEvents, type StartedPart } from './block-fetcher.js'
 import { BlockMap, BlockState, MapMismatchError } from './block-map.js'
 import { BlobVerifier } from './blob-verifier.js'
 import type { BlobPaths, BlobStore } from './blob-store.js'
@@ -84,12 +84,19 @@ export class CachedBlob {
   constructor(readonly ref: BlobRef, readonly hex: string, private readonly deps: BlobDeps, scannedBytes = 0) {
     this.paths = deps.store.paths(hex)
     this.diskBytes = scannedBytes
-    this.fetcher = new BlockFetcher(ref.digest, deps.blockSize, (first, last, purpose, onReached) => {
-      const job = this.startPart(first, last, purpose, onReached)
+    this.fetcher = new BlockFetcher(ref.digest, deps.blockSize, (first, last, purpose, events) => {
+      const job = this.startPart(first, last, purpose, events)
       // After the fetcher's own handler, so the part no longer counts as running.
       job.done.finally(() => setImmediate(() => this.deps.workEnded(this))).catch(() => undefined)
       return job
     })
+    this.fetcher.onWhole = (part) => {
+      const map = this.map
+      if (!map) return
+      const absent: number[] = []
+      for (let n = 0; n < map.blockCount; n++) if (map.state(n) === BlockState.Absent && !this.deps.memory.has(this.hex, n)) absent.push(n)
+      this.fetcher.adoptWhole(part, absent)
+    }
   }
 
   get loaded(): boolean {
@@ -389,7 +396,7 @@ export class CachedBlob {
     return this.fetcher.fetch(blocks, this.deps.fetchPartBlocks, purpose)
   }
 
-  private startPart(first: number, last: number, purpose: FetchPurpose, onReached: (at: number) => void): RunningJob {
+  private startPart(first: number, last: number, purpose: FetchPurpose, events: PartEvents): RunningJob {
     const source = this.source
     if (!source) throw new CnaifsError('EINVAL', `blob ${this.ref.digest} has no source to fetch from`)
     const B = this.deps.blockSize
@@ -399,7 +406,7 @@ export class CachedBlob {
     if (source.kind === 'registry') {
       return this.deps.pool.fetch({
         reference: source.reference, digest: this.ref.digest, blobSize: this.ref.size, offset, length, path: this.paths.data, purpose,
-      }, onLanded, onReached)
+      }, onLanded, events.reached, events.whole)
     }
     const controller = new AbortController()
     const done = source.produce(offset, length, controller.signal).then((data) => {

@@ -54,6 +54,7 @@ interface Pending {
   reject: (err: Error) => void
   onLanded?: LandedHandler
   onReached?: ReachedHandler
+  onWhole?: () => void
 }
 
 interface PoolWorker {
@@ -93,12 +94,12 @@ export class FetchPool {
   }
 
   /** A ranged GET into the data file; `onLanded` hears each block as it lands (extra blocks included). */
-  fetch(r: FetchRequest, onLanded: LandedHandler, onReached?: ReachedHandler): RunningJob {
+  fetch(r: FetchRequest, onLanded: LandedHandler, onReached?: ReachedHandler, onWhole?: () => void): RunningJob {
     const worker = this.leastBusy()
     const id = this.nextId++
     const done = this.run(worker, { t: 'fetch', id, ...r }, r.length, onLanded).then(() => undefined)
     const p = this.pending.get(id)
-    if (p) p.onReached = onReached
+    if (p) { p.onReached = onReached; p.onWhole = onWhole }
     const live = (): boolean => this.pending.has(id)
     return {
       done,
@@ -179,6 +180,7 @@ export class FetchPool {
         return
       }
       case 'reached': this.pending.get(m.id)?.onReached?.(m.at); return
+      case 'whole': this.pending.get(m.id)?.onWhole?.(); return
       case 'done': this.settle(m.id, { value: m }); return
       case 'checked': this.settle(m.id, { value: m }); return
       case 'prefixed': this.settle(m.id, { value: m }); return

@@ -232,6 +232,7 @@ async function fetchJob(m: Extract<ToWorker, { t: 'fetch' }>): Promise<void> {
       signal: controller.signal,
       keepExtra: true,
       purpose: m.purpose,
+      onWholeBlob: () => post({ t: 'whole', id: m.id }),
     })
     post({ t: 'done', id: m.id })
   } catch (err) {

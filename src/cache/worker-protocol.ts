@@ -38,6 +38,8 @@ export type FromWorker =
    */
   | { t: 'landed'; id: number; block: number; checksum: number; memory?: Uint8Array }
   | { t: 'done'; id: number }
+  /** The server answered the fetch with the whole blob: every block of it will land through this fetch. */
+  | { t: 'whole'; id: number }
   /** The fetch's range is in the data file from its start up to `at` (answers a watch). */
   | { t: 'reached'; id: number; at: number }
   | { t: 'failed'; id: number; error: WireError }

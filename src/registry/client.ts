@@ -89,6 +89,8 @@ export interface StreamOptions extends ReadOptions {
    * positions outside the asked range included) instead of hanging up once the range has arrived.
    */
   keepExtra?: boolean
+  /** Called when a response turns out to be the whole blob kept with keepExtra (before its first byte). */
+  onWholeBlob?: () => void
 }
 
 /** Receives blob bytes at their blob position; a returned Promise holds the stream back until it settles. */
@@ -581,6 +583,7 @@ export class RegistryClient {
           position = cr.start
         }
         const keepExtra = status === 200 && contentRange === undefined && options.keepExtra === true
+        if (keepExtra) options.onWholeBlob?.()
         const contentLength = Number(header(res.headers, 'content-length') ?? NaN)
         deadline.onHeaders(keepExtra && Number.isFinite(contentLength) ? contentLength : undefined)
         // What this response may pass to the sink: the asked range, or with keepExtra the whole blob.

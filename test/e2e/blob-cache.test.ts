@@ -209,6 +209,18 @@ describe('blob cache and file reader against a real registry', () => {
     h.reader.release(handle)
   })
 
+  it('a server that sends the whole blob to every range: one response fills the cache, the read-ahead parts already asked for are cancelled', async () => {
+    const data = randomBytes(64 * MiB)
+    const { blob, repo } = await pushBlob(data)
+    const h = await harness(repo)
+    h.proxy.set({ ignoreRange: true, bandwidthBytesPerSec: 256 * MiB })
+    expect((await readAll(h.reader, { blob, offset: 0, size: blob.size })).equals(data)).toBe(true)
+    await waitFor(() => h.cache.isVerified(blob))
+    // Without taking blocks over from the first whole-blob answer, every 8 MiB read-ahead part would stream the
+    // whole 64 MiB again.
+    expect(h.proxy.blobBytes()).toBeLessThanOrEqual(2 * blob.size)
+  })
+
   it('a registry serving wrong bytes: the blob fails verification, reads get ECORRUPT, nothing stays cached', async () => {
     const data = randomBytes(3 * MiB)
     const { blob, repo } = await pushBlob(data)
