@@ -31,6 +31,8 @@ interface Part {
   settled: boolean
   /** The server answered with the whole blob: every absent block arrives through this part. */
   whole?: boolean
+  /** Its request was aborted (abandoned, or its blocks were taken over by a whole-blob answer). */
+  cancelled?: boolean
 }
 
 /** A part started by fetch(): `settled` resolves (never rejects) when its request is over. */
@@ -145,7 +147,10 @@ export class BlockFetcher {
    * readers that need them join this one response instead of asking again.
    */
   adoptWhole(part: Part, absent: number[]): void {
-    if (part.settled) return
+    // A part already cancelled — typically because another whole-blob answer took its blocks over, when a
+    // pull-through cache answers every request with the whole blob — must not take them back: its own
+    // request is ending, and the readers it took would fail with it.
+    if (part.settled || part.cancelled) return
     part.whole = true
     const others = new Set<Part>()
     for (const n of absent) {
@@ -170,6 +175,7 @@ export class BlockFetcher {
     }
     for (const other of others) {
       if ([...this.parts.values()].includes(other)) continue
+      other.cancelled = true
       other.job?.abort()
     }
   }
@@ -240,6 +246,7 @@ export class BlockFetcher {
   /** Nobody waits any more: stop handing the part to new readers and cancel its request. */
   private abandon(part: Part): void {
     for (const [n, p] of [...this.parts]) if (p === part) this.parts.delete(n)
+    part.cancelled = true
     part.job?.abort()
   }
 

@@ -221,6 +221,20 @@ describe('blob cache and file reader against a real registry', () => {
     expect(h.proxy.blobBytes()).toBeLessThanOrEqual(2 * blob.size)
   })
 
+  it('readers at several places at once, each range answered with the whole blob: every read gets its bytes', async () => {
+    const data = randomBytes(64 * MiB)
+    const { blob, repo } = await pushBlob(data)
+    const h = await harness(repo)
+    // Every part's whole-blob answer arrives at about the same time; the first takes the others' blocks over
+    // and cancels them, and a cancelled part must not take them back when its own answer turns out whole.
+    h.proxy.set({ ignoreRange: true, latencyMs: 50, bandwidthBytesPerSec: 256 * MiB })
+    const handle = h.reader.open({ blob, offset: 0, size: blob.size })
+    const offsets = [0, 9, 21, 33, 45, 57].map((m) => m * MiB + 7)
+    const reads = await Promise.all(offsets.map((off) => Promise.resolve(h.reader.read(handle, off, 2 * MiB)).then(bytesOf)))
+    offsets.forEach((off, i) => expect(reads[i]!.equals(data.subarray(off, off + 2 * MiB))).toBe(true))
+    h.reader.release(handle)
+  })
+
   it('a registry serving wrong bytes: the blob fails verification, reads get ECORRUPT, nothing stays cached', async () => {
     const data = randomBytes(3 * MiB)
     const { blob, repo } = await pushBlob(data)
