@@ -4,7 +4,9 @@
  * through ONE pull-through cache (docker-registry with `proxy: remoteurl:`), configured the way nodes are: a
  * containerd hosts.toml naming the cache as the mirror of the upstream registry. It counts the blob bytes the
  * upstream registry served (through the test suite's counting proxy), checks every file every node read against
- * its sha256, and compares the wall time with one node alone (its own cold pull-through cache).
+ * its sha256, and compares the wall time with one node alone (its own cold pull-through cache). A third phase has
+ * one node read the model first (warming a fresh cache) and then the other N-1 at once: the roll-out docs/mirrors.md
+ * recommends, since a cache that has not stored a blob yet streams it from the upstream once per request.
  *
  *   npm run build && node bench/fleet.mjs [--nodes 8] [--size-mib 512] [--files 4] [--format raw|tar] [--reader mount|cat]
  *
@@ -13,7 +15,8 @@
  * its clients read whole blobs, apart from the daemon's read path.
  *
  * Needs root (FUSE mounts) and docker-registry. Prints a Markdown table to stdout, progress to stderr, and exits
- * non-zero if a file was wrong or the upstream served more than 2x the model. Nothing is left behind.
+ * non-zero if a file was wrong or the upstream served more than 2x the model (+1%) in any phase. Nothing is left
+ * behind. FLEET_VERBOSE=1 lists every upstream blob GET.
  */
 import { spawn } from 'node:child_process'
 import { createCipheriv, createHash } from 'node:crypto'
@@ -163,7 +166,10 @@ try {
   if (push.code !== 0) throw new Error(`push failed: ${push.stderr}`)
 
   const rows = []
-  for (const n of [1, NODES]) {
+  // Phases: one node alone; the whole fleet at once; one node first (warming the cache), then the rest at once.
+  const phases = [{ n: 1, label: '1' }, { n: NODES, label: String(NODES) }]
+  if (NODES > 1) phases.push({ n: NODES, warm: true, label: `1, then ${NODES - 1}` })
+  for (const { n, warm, label } of phases) {
     // A fresh, cold pull-through cache for each phase, so one node alone does not warm it for the fleet.
     const cache = await startRegistry({ proxyRemoteUrl: counting.url }); stops.push(() => cache.stop())
     const hostsDir = join(work, `certs.d-${n}`)
@@ -171,13 +177,23 @@ try {
     await mkdir(hostDir, { recursive: true })
     await writeFile(join(hostDir, 'hosts.toml'), `server = "http://${upstream.host}"\n[host."http://${cache.host}"]\n  capabilities = ["pull", "resolve"]\n`)
     counting.reset()
-    log(`${n} node(s) reading through a cold pull-through cache`)
-    const { ms, wrong } = await fleet(work, n, ref, hostsDir, files)
+    log(warm ? `1 node warming a cold pull-through cache, then ${n - 1} reading through it at once` : `${n} node(s) reading through a cold pull-through cache`)
+    let { ms, wrong } = await fleet(work, warm ? 1 : n, ref, hostsDir, files)
+    if (warm) {
+      const rest = await fleet(work, n - 1, ref, hostsDir, files)
+      ms += rest.ms
+      wrong = [...wrong, ...rest.wrong]
+    }
     const upstreamBytes = counting.blobBytes()
+    const upstreamGets = counting.blobRequests()
+    log(`upstream blob GETs: ${upstreamGets.length}, ${upstreamGets.filter((e) => e.bytes >= Math.floor(SIZE / FILES)).length} of them whole blobs`)
+    if (process.env.FLEET_VERBOSE) for (const e of upstreamGets) log(`  ${e.path.slice(-20)} ${e.range ?? '-'} ${e.status} ${e.bytes}`)
     const ratio = upstreamBytes / SIZE
     if (wrong.length) { failed = true; log(`wrong files: ${wrong.join(', ')}`) }
-    if (ratio > 2) { failed = true; log(`upstream served ${ratio.toFixed(2)}x the model`) }
-    rows.push({ n, ms, upstreamBytes, ratio, wrong: wrong.length })
+    // 2x is distribution 2.8's own floor for one cold reader (it fetches the blob once to store it and once for the
+    // client); 1% on top is the config blob and what cancelled read-ahead requests had in flight.
+    if (ratio > 2.02) { failed = true; log(`upstream served ${ratio.toFixed(2)}x the model: more than 2x`) }
+    rows.push({ n, label, ms, upstreamBytes, ratio, wrong: wrong.length })
     await cache.stop()
   }
   const one = rows[0].ms
@@ -185,7 +201,7 @@ try {
   console.log(`| nodes | model | wall time | vs one node | upstream blob bytes | x model | wrong files |`)
   console.log(`|---|---|---|---|---|---|---|`)
   for (const r of rows) {
-    console.log(`| ${r.n} | ${(SIZE / 1048576).toFixed(0)} MiB ${FORMAT} | ${(r.ms / 1000).toFixed(1)} s | ${(r.ms / one).toFixed(2)}x | ${r.upstreamBytes} | ${r.ratio.toFixed(2)} | ${r.wrong} |`)
+    console.log(`| ${r.label} | ${(SIZE / 1048576).toFixed(0)} MiB ${FORMAT} | ${(r.ms / 1000).toFixed(1)} s | ${(r.ms / one).toFixed(2)}x | ${r.upstreamBytes} | ${r.ratio.toFixed(2)} | ${r.wrong} |`)
   }
   console.log(`\nload average at the end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`)
 } catch (err) {
