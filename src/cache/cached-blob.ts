@@ -5,6 +5,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises'
 import { constants } from 'node:fs'
+import { setMaxListeners } from 'node:events'
 import { DeadlineError } from '../registry/errors.js'
 import { CnaifsError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
@@ -209,6 +210,8 @@ export class CachedBlob {
     const map = this.map as BlockMap
     // Waiters leave their parts as soon as this read gives up, whatever the reason.
     const local = new AbortController()
+    // One listener per block this call waits on (a read-ahead part has up to 64): not a leak.
+    setMaxListeners(0, local.signal)
     const onAbort = (): void => local.abort()
     signal.addEventListener('abort', onAbort, { once: true })
     let settledTail = false
