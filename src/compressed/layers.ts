@@ -46,7 +46,7 @@ export class CompressedLayers {
     this.log = o.log ?? silentLogger()
   }
 
-  /** The openModel/buildTree hook: the layer's tar entries (uncompressed offsets), diffId and size. */
+  /** The openModel/buildModelTree hook: the layer's tar entries (uncompressed offsets), diffId and size. */
   readonly indexLayer = async (layer: ModelLayer, read: CompressedRangeReader): Promise<CompressedLayerInfo> => {
     try {
       const view = await this.open(layer, read)

@@ -61,15 +61,9 @@ export function describeLayer(layer: ModelLayer): string {
 /**
  * Builds the model's file tree as `modctl extract` would lay it out: tar layers by the entry names inside the
  * tar, raw layers at their path annotation. Only tar headers are read (one request per layer for its head and
- * tail, which is all a small layer or a single large file needs); raw layers cost no request at all.
- */
-export async function buildTree(manifest: ModelManifest, read: LayerRangeReader, options: BuildTreeOptions = {}): Promise<FileTree> {
-  return (await buildModelTree(manifest, read, options)).tree
-}
-
-/**
- * buildTree, plus the uncompressed key of each compressed layer (by layer index): files of such layers are at
- * offsets of the uncompressed tar, read through src/compressed.
+ * tail, which is all a small layer or a single large file needs); raw layers cost no request at all. Also
+ * returns the uncompressed key of each compressed layer (by layer index): files of such layers are at offsets
+ * of the uncompressed tar, read through src/compressed.
  */
 export async function buildModelTree(manifest: ModelManifest, read: LayerRangeReader, options: BuildTreeOptions = {}): Promise<{ tree: FileTree; layerViews?: Record<number, LayerView> }> {
   const defaultMtimeMs = options.defaultMtimeMs ?? 0
