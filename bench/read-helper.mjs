@@ -7,6 +7,7 @@
 //   offsets COUNT SEED MAX         COUNT random 4 KiB-aligned offsets below MAX, one a line
 //   cpu PID                        utime+stime of PID in ms (from /proc/PID/stat)
 import { open, readFile } from 'node:fs/promises'
+import { rng } from './seeded-random.mjs'
 
 const [cmd, ...rest] = process.argv.slice(2)
 
@@ -17,17 +18,6 @@ function stats(ms) {
   return { n: s.length, p50: r(q(50)), p90: r(q(90)), p99: r(q(99)), mean: r(s.reduce((a, b) => a + b, 0) / s.length), min: r(s[0]), max: r(s[s.length - 1]) }
 }
 
-/** mulberry32: a small seeded PRNG, so runs read the same offsets. */
-function rng(seed) {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 function offsets(count, seed, max, size = 4096) {
   const next = rng(seed)

@@ -27,7 +27,7 @@ import {
   type FuseStatfs,
 } from './binding.js'
 import {
-  clearStaleMount, deviceMounted, escapeMountOption, findMount, isOurMount, lazyUnmount, prepareMountpoint, tuneMount, type MountDevice,
+  clearStaleMount, deviceMounted, escapeMountOption, findMount, detachThenEnd, isOurMount, lazyUnmount, prepareMountpoint, tuneMount, type MountDevice,
 } from './mount-table.js'
 import { CnaifsError, errorMessage } from '../util/errors.js'
 
@@ -270,22 +270,8 @@ class FuseNativeSession implements FuseSession {
 
   unmount(): Promise<void> {
     if (this.isEnded) return this.ended
-    this.unmounting ??= this.detachAndEnd()
+    this.unmounting ??= detachThenEnd(this.mountpoint, this.dev, () => this.end(), this.ended)
     return this.unmounting
-  }
-
-  private async detachAndEnd(): Promise<void> {
-    let detachError: unknown
-    try {
-      if (this.dev && await isOurMount(this.mountpoint, this.dev)) await lazyUnmount(this.mountpoint)
-    } catch (err) {
-      detachError = err
-    }
-    this.end()
-    await this.ended
-    if (detachError !== undefined && this.dev && await isOurMount(this.mountpoint, this.dev)) {
-      throw new CnaifsError('EMOUNT', `cannot unmount ${this.mountpoint}: ${errorMessage(detachError)}`, { cause: detachError })
-    }
   }
 
   /**

@@ -17,7 +17,7 @@ import {
   type FuseStatfs, type ReadReply,
 } from './binding.js'
 import {
-  escapeMountOption, findMount, isOurMount, lazyUnmount, prepareMountpoint, tuneMount, type MountDevice,
+  escapeMountOption, findMount, detachThenEnd, isOurMount, lazyUnmount, prepareMountpoint, tuneMount, type MountDevice,
 } from './mount-table.js'
 import { CnaifsError, errorMessage } from '../util/errors.js'
 
@@ -249,23 +249,8 @@ class Fuse3Session implements FuseSession {
 
   unmount(): Promise<void> {
     if (this.isEnded) return this.ended
-    this.unmounting ??= this.detachAndEnd()
+    this.unmounting ??= detachThenEnd(this.mountpoint, this.dev, () => this.native.exit(this.handle), this.ended)
     return this.unmounting
-  }
-
-  /** Detaches the mount (lazily: never EBUSY), then ends the session: what still waits is answered EIO. */
-  private async detachAndEnd(): Promise<void> {
-    let detachError: unknown
-    try {
-      if (this.dev && await isOurMount(this.mountpoint, this.dev)) await lazyUnmount(this.mountpoint)
-    } catch (err) {
-      detachError = err
-    }
-    this.native.exit(this.handle)
-    await this.ended
-    if (detachError !== undefined && this.dev && await isOurMount(this.mountpoint, this.dev)) {
-      throw new CnaifsError('EMOUNT', `cannot unmount ${this.mountpoint}: ${errorMessage(detachError)}`, { cause: detachError })
-    }
   }
 
   /** The loop ended. A connection aborted from outside leaves a dead mount behind: clear it if it is ours. */

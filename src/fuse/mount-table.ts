@@ -97,6 +97,25 @@ export async function isOurMount(mountpoint: string, dev: MountDevice): Promise<
   return m !== undefined && m.major === dev.major && m.minor === dev.minor
 }
 
+/**
+ * Unmounts a session's mount the way both bindings do: detach it lazily (never EBUSY) while it is still ours,
+ * end the session (`end()`; whatever still waits is answered EIO) and wait for it to be over. A failed detach
+ * is reported only if the mount is still there afterwards (ending the session may have removed it).
+ */
+export async function detachThenEnd(mountpoint: string, dev: MountDevice | undefined, end: () => void, ended: Promise<void>): Promise<void> {
+  let detachError: unknown
+  try {
+    if (dev && await isOurMount(mountpoint, dev)) await lazyUnmount(mountpoint)
+  } catch (err) {
+    detachError = err
+  }
+  end()
+  await ended
+  if (detachError !== undefined && dev && await isOurMount(mountpoint, dev)) {
+    throw new CnaifsError('EMOUNT', `cannot unmount ${mountpoint}: ${errorMessage(detachError)}`, { cause: detachError })
+  }
+}
+
 /** True while a mount with device `dev` is anywhere in this mount namespace. */
 export async function deviceMounted(dev: MountDevice): Promise<boolean> {
   return (await readMountinfo()).some((m) => m.major === dev.major && m.minor === dev.minor)

@@ -90,6 +90,26 @@ function expectOk(r: CliResult): void {
 
 const resetAll = () => { for (const p of [mirror, upstreamDirect, upstreamForCache]) { p.reset(); p.set({ down: false, blackhole: false }) } }
 
+
+/**
+ * A little HTTP server in front of the upstream registry for the redirect tests: `blobGet` may answer a blob GET
+ * itself (a redirect, a refusal) by returning true; everything else is passed to the registry unchanged.
+ */
+async function startFront(blobGet: (req: http.IncomingMessage, res: http.ServerResponse) => boolean = () => false): Promise<{ host: string; port: number; stop: () => Promise<void> }> {
+  const regPort = new URL(upstream.url).port
+  const server = http.createServer((req, res) => {
+    if (req.url?.includes('/blobs/') && blobGet(req, res)) return
+    const up = http.request({ host: '127.0.0.1', port: regPort, path: req.url, method: req.method, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode ?? 502, ur.headers)
+      ur.pipe(res)
+    })
+    req.pipe(up)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as net.AddressInfo).port
+  return { host: `127.0.0.1:${port}`, port, stop: () => new Promise((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }) }
+}
+
 describe('containerd hosts.toml: a pull-through cache as the mirror', () => {
   it('cat and ls read the model through the mirror, which is sent ?ns= and the configured headers', async () => {
     resetAll()
@@ -621,32 +641,20 @@ describe('total request deadlines (--request-timeout)', () => {
   }, 60_000)
 
   it('blobs redirected to another origin (an object store) are read there, with no credentials or host headers', async () => {
-    const regPort = new URL(upstream.url).port
     const targetLog: Array<{ url: string; range?: string; authorization?: string; node?: string }> = []
     // The "object store": the registry under another origin (localhost instead of 127.0.0.1), logged.
-    const store = http.createServer((req, res) => {
+    const store = await startFront((req) => {
       targetLog.push({ url: req.url ?? '', range: req.headers.range, authorization: req.headers.authorization, node: req.headers['x-node'] as string | undefined })
-      const up = http.request({ host: '127.0.0.1', port: regPort, path: req.url, method: req.method, headers: req.headers }, (ur) => {
-        res.writeHead(ur.statusCode ?? 502, ur.headers)
-        ur.pipe(res)
-      })
-      req.pipe(up)
+      return false
     })
-    await new Promise<void>((resolve) => store.listen(0, '127.0.0.1', resolve))
-    const storePort = (store.address() as net.AddressInfo).port
-    const front = http.createServer((req, res) => {
-      if (req.method === 'GET' && req.url?.includes('/blobs/')) { res.writeHead(307, { location: `http://localhost:${storePort}${req.url}` }).end(); return }
-      const up = http.request({ host: '127.0.0.1', port: regPort, path: req.url, method: req.method, headers: req.headers }, (ur) => {
-        res.writeHead(ur.statusCode ?? 502, ur.headers)
-        ur.pipe(res)
-      })
-      req.pipe(up)
+    const front = await startFront((req, res) => {
+      if (req.method !== 'GET') return false
+      res.writeHead(307, { location: `http://localhost:${store.port}${req.url}` }).end()
+      return true
     })
-    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve))
-    const host = `127.0.0.1:${(front.address() as net.AddressInfo).port}`
     try {
       const s = await session()
-      const r = await s.run(['cat', '--registry-config', 'none', '-H', 'X-Node: n1', `${host}/${repo}:v1`, 'weights/model.safetensors'])
+      const r = await s.run(['cat', '--registry-config', 'none', '-H', 'X-Node: n1', `${front.host}/${repo}:v1`, 'weights/model.safetensors'])
       expectOk(r)
       expect(sha256(r.stdout)).toBe(model.files['weights/model.safetensors']!.sha256)
       expect(targetLog.length).toBeGreaterThan(0)
@@ -656,52 +664,37 @@ describe('total request deadlines (--request-timeout)', () => {
         expect(e.range ?? '').not.toContain(',') // one range at a time at an object store
       }
     } finally {
-      for (const srv of [front, store]) { srv.closeAllConnections(); await new Promise<void>((resolve) => srv.close(() => resolve())) }
+      await front.stop()
+      await store.stop()
     }
   })
 
   it('a redirect target that keeps answering 401 gets its own message', async () => {
-    const deny = http.createServer((_req, res) => { res.writeHead(401, { 'www-authenticate': 'Basic realm="store"' }).end() })
-    await new Promise<void>((resolve) => deny.listen(0, '127.0.0.1', resolve))
-    const denyPort = (deny.address() as net.AddressInfo).port
-    const front = http.createServer((req, res) => {
-      if (req.method === 'GET' && req.url?.includes('/blobs/')) { res.writeHead(307, { location: `http://localhost:${denyPort}${req.url}` }).end(); return }
-      const up = http.request({ host: '127.0.0.1', port: new URL(upstream.url).port, path: req.url, method: req.method, headers: req.headers }, (ur) => {
-        res.writeHead(ur.statusCode ?? 502, ur.headers)
-        ur.pipe(res)
-      })
-      req.pipe(up)
+    const deny = await startFront((_req, res) => { res.writeHead(401, { 'www-authenticate': 'Basic realm="store"' }).end(); return true })
+    const front = await startFront((req, res) => {
+      if (req.method !== 'GET') return false
+      res.writeHead(307, { location: `http://localhost:${deny.port}${req.url}` }).end()
+      return true
     })
-    await new Promise<void>((resolve) => front.listen(0, '127.0.0.1', resolve))
-    const host = `127.0.0.1:${(front.address() as net.AddressInfo).port}`
     try {
-      const r = await (await session()).run(['cat', '--registry-config', 'none', `${host}/${repo}:v1`, 'config.json'])
+      const r = await (await session()).run(['cat', '--registry-config', 'none', `${front.host}/${repo}:v1`, 'config.json'])
       expect(r.code, describeResult(r)).toBe(3)
-      expect(r.stderr).toMatch(new RegExp(`the redirect target localhost:${denyPort} answered HTTP 401 twice`))
+      expect(r.stderr).toMatch(new RegExp(`the redirect target localhost:${deny.port} answered HTTP 401 twice`))
     } finally {
-      for (const srv of [front, deny]) { srv.closeAllConnections(); await new Promise<void>((resolve) => srv.close(() => resolve())) }
+      await front.stop()
+      await deny.stop()
     }
   })
 
   it('a redirect to a file: URL gets its own message', async () => {
-    const server = http.createServer((req, res) => {
-      if (req.url?.includes('/blobs/')) { res.writeHead(307, { location: 'file:///etc/passwd' }).end(); return }
-      const up = http.request({ host: '127.0.0.1', port: new URL(upstream.url).port, path: req.url, method: req.method, headers: req.headers }, (ur) => {
-        res.writeHead(ur.statusCode ?? 502, ur.headers)
-        ur.pipe(res)
-      })
-      req.pipe(up)
-    })
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-    const host = `127.0.0.1:${(server.address() as net.AddressInfo).port}`
+    const front = await startFront((_req, res) => { res.writeHead(307, { location: 'file:///etc/passwd' }).end(); return true })
     try {
       const s = await session()
-      const r = await s.run(['cat', '--registry-config', 'none', `${host}/${repo}:v1`, 'config.json'])
+      const r = await s.run(['cat', '--registry-config', 'none', `${front.host}/${repo}:v1`, 'config.json'])
       expect(r.code, describeResult(r)).not.toBe(0)
       expect(r.stderr).toMatch(/redirected to a file: URL, which is refused/)
     } finally {
-      server.closeAllConnections()
-      await new Promise<void>((resolve) => server.close(() => resolve()))
+      await front.stop()
     }
   })
 })
