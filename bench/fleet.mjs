@@ -21,12 +21,12 @@
 import { spawn } from 'node:child_process'
 import { createCipheriv, createHash } from 'node:crypto'
 import { createReadStream, createWriteStream, existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import ts from 'typescript'
+import { loadTestHelpers } from './test-helpers.mjs'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const CLI = join(ROOT, 'bin', 'cnaifs')
@@ -49,22 +49,6 @@ if (!(NODES >= 1 && SIZE > 0 && FILES >= 1) || !['raw', 'tar'].includes(FORMAT) 
 }
 const log = (msg) => process.stderr.write(`[fleet] ${msg}\n`)
 if (!existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) { log('dist/ is missing: run `npm run build` first'); process.exit(1) }
-
-/** The test suite's registry and counting proxy, transpiled on the fly (the same counting code the tests trust). */
-async function loadHelpers(work) {
-  const out = join(work, 'helpers')
-  await mkdir(out, { recursive: true })
-  await writeFile(join(out, 'package.json'), '{"type":"module"}\n')
-  for (const name of ['registry', 'proxy']) {
-    const source = await readFile(join(ROOT, 'test', 'helpers', `${name}.ts`), 'utf8')
-    const { outputText } = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 }, fileName: `${name}.ts` })
-    await writeFile(join(out, `${name}.js`), outputText)
-  }
-  return {
-    startRegistry: (await import(pathToFileURL(join(out, 'registry.js')).href)).startRegistry,
-    startProxy: (await import(pathToFileURL(join(out, 'proxy.js')).href)).startProxy,
-  }
-}
 
 function run(argv, { timeoutMs = 600_000 } = {}) {
   return new Promise((resolve, reject) => {
@@ -155,7 +139,7 @@ const work = await mkdtemp(join(tmpdir(), 'cnaifs-fleet-'))
 const stops = []
 let failed = false
 try {
-  const { startRegistry, startProxy } = await loadHelpers(work)
+  const { startRegistry, startProxy } = await loadTestHelpers(work)
   const upstream = await startRegistry(); stops.push(() => upstream.stop())
   const counting = await startProxy(upstream.url); stops.push(() => counting.stop())
   const modelDir = join(work, 'model'); await mkdir(modelDir)

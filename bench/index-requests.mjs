@@ -15,12 +15,12 @@
 import { spawn } from 'node:child_process'
 import { createCipheriv, createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import ts from 'typescript'
+import { loadTestHelpers } from './test-helpers.mjs'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const CLI = join(ROOT, 'bin', 'cnaifs')
@@ -42,24 +42,6 @@ const log = (msg) => process.stderr.write(`[bench] ${msg}\n`)
 if (!existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) {
   process.stderr.write('dist/ is missing: run `npm run build` first\n')
   process.exit(1)
-}
-
-/** Transpiles the test helpers (no type check) into a temp dir and imports them. */
-async function loadHelpers(work) {
-  const out = join(work, 'helpers')
-  await mkdir(out, { recursive: true })
-  await writeFile(join(out, 'package.json'), '{"type":"module"}\n')
-  for (const name of ['registry', 'proxy']) {
-    const source = await readFile(join(ROOT, 'test', 'helpers', `${name}.ts`), 'utf8')
-    const { outputText } = ts.transpileModule(source, {
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: false },
-      fileName: `${name}.ts`,
-    })
-    await writeFile(join(out, `${name}.js`), outputText)
-  }
-  const registry = await import(pathToFileURL(join(out, 'registry.js')).href)
-  const proxy = await import(pathToFileURL(join(out, 'proxy.js')).href)
-  return { startRegistry: registry.startRegistry, startProxy: proxy.startProxy }
 }
 
 function seeded(size, seed) {
@@ -102,7 +84,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 async function main() {
   const work = await mkdtemp(join(tmpdir(), 'cnaifs-bench-'))
-  const { startRegistry, startProxy } = await loadHelpers(work)
+  const { startRegistry, startProxy } = await loadTestHelpers(work)
   const registry = await startRegistry()
   const proxy = await startProxy(registry.url)
   const rows = []
