@@ -90,6 +90,8 @@ export class BlockMap {
   private readyCount = 0
   private presentCount = 0
   private closed = false
+  /** The persist writing now, if any (see persist()). */
+  private writing?: Promise<void>
 
   private constructor(
     readonly path: string,
@@ -263,10 +265,24 @@ export class BlockMap {
 
   /**
    * Writes the waiting slots. `syncData` runs first (fdatasync of the data file), so a slot never reaches
-   * the disk before the bytes it describes. Runs of adjacent slots go out in one write.
+   * the disk before the bytes it describes. Runs of adjacent slots go out in one write. One persist runs at
+   * a time: a call made meanwhile waits for it, then writes what is still waiting, so the durability timer's
+   * persist and the last one before close() never race (the slots a running persist took would be lost if
+   * close() shut the file under it).
    */
   async persist(syncData: () => Promise<void>): Promise<void> {
+    while (this.writing) await this.writing.catch(() => undefined)
     if (!this.pending.size || this.closed) return
+    const run = this.writePending(syncData)
+    this.writing = run
+    try {
+      await run
+    } finally {
+      if (this.writing === run) this.writing = undefined
+    }
+  }
+
+  private async writePending(syncData: () => Promise<void>): Promise<void> {
     const batch = [...this.pending].sort((a, b) => a[0] - b[0])
     this.pending.clear()
     try {
@@ -291,7 +307,9 @@ export class BlockMap {
     if (!this.closed) await this.fh.datasync()
   }
 
+  /** Closes the file once a persist in progress is over (its slots are written, or kept for nobody). */
   async close(): Promise<void> {
+    while (this.writing) await this.writing.catch(() => undefined)
     if (this.closed) return
     this.closed = true
     await this.fh.close()

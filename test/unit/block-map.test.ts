@@ -48,6 +48,26 @@ describe('BlockMap', () => {
     await again.close()
   })
 
+  it('a close during a persist waits for it: the slots that persist took are written, not lost', async () => {
+    const { data, blob } = blobOf(2 * B)
+    const path = join(dir, 'x.map')
+    const map = await BlockMap.open(path, blob, B)
+    map.landed(0, blockChecksum(data.subarray(0, B), 0))
+    let syncDone!: () => void
+    // The durability timer's persist: it has taken slot 0 and waits for the data file's fdatasync.
+    const first = map.persist(() => new Promise<void>((resolve) => { syncDone = resolve }))
+    map.landed(1, blockChecksum(data.subarray(B), 1))
+    // The shutdown path: a last persist, then close, while the first one still waits.
+    const closing = map.persist(async () => undefined).then(() => map.close())
+    await new Promise((r) => setTimeout(r, 20))
+    syncDone()
+    await first
+    await closing
+    const again = await BlockMap.open(path, blob, B)
+    expect([0, 1].map((n) => again.state(n))).toEqual([BlockState.OnDisk, BlockState.OnDisk])
+    await again.close()
+  })
+
   it('keeps the slots for the next attempt when the data sync fails', async () => {
     const { data, blob } = blobOf(2 * B)
     const map = await BlockMap.open(join(dir, 'x.map'), blob, B)
