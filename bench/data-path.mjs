@@ -235,15 +235,21 @@ try {
       const fill = await mount(ref, cacheDir, binding)
       await dd(join(fill.mp, 'big.safetensors'))
       await unmount(fill)
+      // This VM's disk reads swing several-fold from one minute to the next, so the local copy is read again
+      // right before each warm run (both page caches dropped) and the best of each is compared.
       let best = Infinity
+      let localBest = Infinity
       for (let r = 0; r < cfg.runs; r++) {
+        await dropCaches()
+        localBest = Math.min(localBest, await dd(join(modelDir, 'big.safetensors')))
         const m = await mount(ref, cacheDir, binding)
         await dropCaches()
         best = Math.min(best, await dd(join(m.mp, 'big.safetensors')))
         await unmount(m)
       }
       const v = mbps(bigBytes, best)
-      row(binding, 'warm sequential (cache full, caches dropped)', `${v.toFixed(0)} MB/s`, `dd local ${base.dd.toFixed(0)} MB/s`, v / base.dd, '≥ 0.9', v / base.dd >= 0.9)
+      const local = Math.max(base.dd, mbps(bigBytes, localBest))
+      row(binding, 'warm sequential (cache full, caches dropped)', `${v.toFixed(0)} MB/s`, `dd local ${local.toFixed(0)} MB/s`, v / local, '≥ 0.9', v / local >= 0.9)
     }
     if (!cfg.skip.has('model')) {
       await dropCaches()
