@@ -19,6 +19,7 @@ import type { BlobCache, BlobLease } from './blob-cache.js'
 import type { CachedBlob } from './cached-blob.js'
 import { SequentialWindow, type WindowSettings } from './prefetch-window.js'
 import type { BlobRef, BlobSource, FileDataPath, FileExtent, FileReadHandle, ReadResult } from './types.js'
+import { setMaxListeners } from 'node:events'
 
 const preadAsync = promisify(readFd)
 const MAX_REMEMBERED_FAILURES = 16
@@ -200,7 +201,9 @@ export class FileReader implements FileDataPath {
     const B = this.cache.blockSize
     const first = Math.floor((extent.offset + range.from) / B)
     const last = Math.floor((extent.offset + to - 1) / B)
-    const started = h.lease.blob.prefetch(first, last, available, AbortSignal.timeout(this.readTimeoutMs))
+    const signal = AbortSignal.timeout(this.readTimeoutMs)
+    setMaxListeners(0, signal) // one listener per read-ahead part it keeps alive (up to budget / part size)
+    const started = h.lease.blob.prefetch(first, last, available, signal)
     if (!started.bytes) return
     this.prefetchInFlight += started.bytes
     const task: Promise<void> = started.done.finally(() => {

@@ -7,6 +7,7 @@ import { NotFoundError } from '../registry/errors.js'
 import { CnaifsError, errorMessage } from '../util/errors.js'
 import type { Logger } from '../util/log.js'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { setMaxListeners } from 'node:events'
 
 export type PrefetchMode = 'none' | 'meta' | 'all'
 
@@ -45,7 +46,10 @@ export class Prefetcher {
   private stopped = false
   private readonly controller = new AbortController()
 
-  constructor(private readonly o: PrefetcherOptions) {}
+  constructor(private readonly o: PrefetcherOptions) {
+    // Every part in flight listens on it: many listeners by design, not a leak.
+    setMaxListeners(0, this.controller.signal)
+  }
 
   stop(): void {
     this.stopped = true

@@ -82,17 +82,23 @@ export function processStartTime(pid: number): number | undefined {
   }
 }
 
-/** True while `pid` runs and is the process that started at `startTime` (not a later one with its pid). */
-export function isSameProcess(pid: number, startTime: number): boolean {
-  const now = processStartTime(pid)
-  if (now === undefined || now !== startTime) return false
-  // A zombie has exited: it has no mount to serve, it only waits for its parent.
+/**
+ * True while `pid` runs. A zombie has exited: it has no mount to serve and only waits for its parent to reap it
+ * (a detached daemon's parent is init, which may take a second or more).
+ */
+export function processRunning(pid: number): boolean {
   try {
     const state = readFileSync(`/proc/${pid}/stat`, 'utf8')
     return state.slice(state.lastIndexOf(')') + 2, state.lastIndexOf(')') + 3) !== 'Z'
   } catch {
     return false
   }
+}
+
+/** True while `pid` runs and is the process that started at `startTime` (not a later one with its pid). */
+export function isSameProcess(pid: number, startTime: number): boolean {
+  const now = processStartTime(pid)
+  return now !== undefined && now === startTime && processRunning(pid)
 }
 
 export interface Registration {

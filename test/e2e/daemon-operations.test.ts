@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import type {} from '../helpers/global-setup.js'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import { REPO_ROOT, cleanupTempDirs, describeResult, makeModelDir, pushModelDir, runCli, sha256File, tempDir, uniqueRepo, type ModelDir } from '../helpers/cli.js'
-import { entryPath, isSameProcess, processStartTime } from '../../src/daemon/runtime-registry.js'
+import { entryPath, isSameProcess, processRunning, processStartTime } from '../../src/daemon/runtime-registry.js'
 import { IndexStore } from '../../src/index/store.js'
 import { parseMountOptions } from '../../src/cli/mount-options.js'
 
@@ -102,7 +102,7 @@ describe('a mount\'s daemon, found from its mount point alone', () => {
     const entryFile = entryPath(RUNTIME_DIR, mp)
     const { pid } = JSON.parse(await readFile(entryFile, 'utf8')) as { pid: number }
     process.kill(pid, 'SIGKILL')
-    for (let i = 0; i < 100 && processStartTime(pid) !== undefined; i++) await new Promise((r) => setTimeout(r, 50))
+    for (let i = 0; i < 100 && processRunning(pid); i++) await new Promise((r) => setTimeout(r, 50))
     const s = await runCli(['status', mp])
     expect(s.code).toBe(2)
     await expect(stat(entryFile)).rejects.toMatchObject({ code: 'ENOENT' })

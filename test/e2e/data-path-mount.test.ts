@@ -11,6 +11,7 @@ import { promisify } from 'node:util'
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest'
 import type {} from '../helpers/global-setup.js'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
+import { processRunning } from '../../src/daemon/runtime-registry.js'
 import {
   REPO_ROOT, cleanupTempDirs, describeResult, pushModelDir, runCli, seededBytes, sha256, tempDir, uniqueRepo,
 } from '../helpers/cli.js'
@@ -25,9 +26,6 @@ const proxies: FaultProxy[] = []
 async function isMounted(mp: string): Promise<boolean> {
   return (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').some((l) => l.split(' ')[4] === mp)
 }
-function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true } catch { return false }
-}
 async function waitFor(what: string, cond: () => Promise<boolean> | boolean, ms = 15_000): Promise<void> {
   const end = Date.now() + ms
   while (!(await cond())) {
@@ -40,7 +38,7 @@ afterEach(async () => {
   for (const m of live.splice(0)) {
     if (await isMounted(m.mp)) await runCli(['--cache-dir', m.cacheDir, 'unmount', m.mp], { timeoutMs: 20_000 }).catch(() => undefined)
     if (await isMounted(m.mp)) await execFileAsync('fusermount', ['-uz', m.mp]).catch(() => undefined)
-    if (m.pid && alive(m.pid)) process.kill(m.pid, 'SIGKILL')
+    if (m.pid && processRunning(m.pid)) process.kill(m.pid, 'SIGKILL')
   }
   for (const p of proxies.splice(0)) await p.stop()
 })
@@ -150,12 +148,12 @@ describe('the data path through a mount', () => {
   it('the daemon exits when its mount is removed from outside (fusermount -uz), and on a single SIGTERM', async () => {
     const a = await mount(repo)
     await execFileAsync('fusermount', ['-uz', a.mp])
-    await waitFor('the daemon to exit after fusermount -uz', () => !alive(a.pid), 5_000)
+    await waitFor('the daemon to exit after fusermount -uz', () => !processRunning(a.pid), 5_000)
 
     const b = await mount(repo)
     expect((await readFile(join(b.mp, 'config.json'), 'utf8'))).toContain('data-path')
     process.kill(b.pid, 'SIGTERM')
-    await waitFor('the daemon to exit after one SIGTERM', () => !alive(b.pid), 5_000)
+    await waitFor('the daemon to exit after one SIGTERM', () => !processRunning(b.pid), 5_000)
     expect(await isMounted(b.mp)).toBe(false)
   })
 

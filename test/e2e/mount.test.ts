@@ -20,6 +20,7 @@ import type {} from '../helpers/global-setup.js' // ProvidedContext typing for i
 import type { MountStatus } from '../../src/daemon/control.js'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import { freePort, startRegistry, type RegistryProcess } from '../helpers/registry.js'
+import { processRunning } from '../../src/daemon/runtime-registry.js'
 import {
   cleanupTempDirs, describeResult, makeModelDir, pushModelDir, runCli, sha256, sha256File, tempDir, uniqueRepo,
   type CliResult, type ModelDir, type ModelFileSpec,
@@ -44,14 +45,6 @@ async function isMounted(mp: string): Promise<boolean> {
   return (await mountTable()).includes(mp)
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 /** Pids of mount daemons (`cnaifs … mount REF MP … --foreground`) serving `mp`. */
 async function daemonPids(mp: string): Promise<number[]> {
@@ -127,7 +120,7 @@ class Session {
     const r = await this.run(['unmount', mp], 20_000)
     expect(r.code, describeResult(r)).toBe(0)
     expect(await isMounted(mp)).toBe(false)
-    await waitFor(async () => !pids.some(alive), 5_000, 'the daemon to exit')
+    await waitFor(async () => !pids.some(processRunning), 5_000, 'the daemon to exit')
     live.delete(mp)
   }
 
@@ -472,7 +465,9 @@ describe('a killed daemon', () => {
     await waitFor(async () => (await cli.run(['cache', 'verify'])).stdout.toString().includes(`verified ${blobs} complete`), 10_000, 'blocks on disk')
 
     process.kill(first.pid, 'SIGKILL')
-    await waitFor(async () => !alive(first.pid), 5_000, 'the daemon to die')
+    await waitFor(async () => !processRunning(first.pid), 5_000, 'the daemon to die')
+    // A request that races the kernel's teardown of the connection gets ECONNABORTED; once it is over, ENOTCONN.
+    await waitFor(async () => (await errnoOf(statfs(mp))) === 'ENOTCONN', 5_000, 'the kernel to end the connection')
     // (stat may still be answered from the kernel's attribute cache; these always reach the daemon)
     expect(await errnoOf(statfs(mp))).toBe('ENOTCONN')
     expect(await errnoOf(readdir(mp))).toBe('ENOTCONN')
@@ -488,7 +483,8 @@ describe('a killed daemon', () => {
 
     // and `cnaifs unmount` clears a stale mount too
     process.kill(second.pid, 'SIGKILL')
-    await waitFor(async () => !alive(second.pid), 5_000, 'the daemon to die')
+    await waitFor(async () => !processRunning(second.pid), 5_000, 'the daemon to die')
+    await waitFor(async () => (await errnoOf(statfs(mp))) === 'ENOTCONN', 5_000, 'the kernel to end the connection')
     expect(await errnoOf(statfs(mp))).toBe('ENOTCONN')
     const r = await cli.run(['unmount', mp], 20_000)
     expect(r.code, describeResult(r)).toBe(0)

@@ -7,6 +7,7 @@
  * with set(); they apply to requests that arrive (or bytes that are sent) afterwards.
  */
 import http from 'node:http'
+import { setMaxListeners } from 'node:events'
 import type net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 
@@ -168,6 +169,8 @@ export async function startProxy(target: string, faults: Partial<Faults> = {}): 
   const log: ProxyRequestLog[] = []
   const limiter = new SharedRateLimiter()
   const stopController = new AbortController()
+  // Every request forwarded at once listens on it (the 64-reader tests): many listeners by design.
+  setMaxListeners(0, stopController.signal)
   const sockets = new Set<net.Socket>()
   // Upstream keep-alive, like a real client would do; destroyed on stop.
   const agent = new http.Agent({ keepAlive: true })
