@@ -37,6 +37,14 @@ export function formatBytes(n: number): string {
   return `${v.toFixed(i === 0 ? 0 : 1)} ${units[i]}`
 }
 
+/** A size as a command-line value parseSize() reads back exactly: the largest unit that divides it (`512K`, `256M`). */
+export function formatSizeArg(n: number): string {
+  for (const [unit, mult] of [['T', 1024 ** 4], ['G', 1024 ** 3], ['M', 1024 ** 2], ['K', 1024]] as const) {
+    if (n >= mult && n % mult === 0) return `${n / mult}${unit}`
+  }
+  return String(n)
+}
+
 /** Parses sizes such as `10G`, `512MiB`, `1.5g`, `1048576`. */
 export function parseSize(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$/i.exec(text)

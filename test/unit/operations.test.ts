@@ -11,6 +11,8 @@ import { join } from 'node:path'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { mergeMountOptions, parseMountOptions } from '../../src/cli/mount-options.js'
+import { formatSizeArg, parseSize } from '../../src/util/progress.js'
+import { DEFAULTS } from '../../src/util/defaults.js'
 import { translateHelperArgs } from '../../src/cli/mount-helper.js'
 import { daemonLogTarget, logFileName } from '../../src/cli/log-location.js'
 import { entryPath, findDaemon, isSameProcess, listDaemons, processStartTime, registerDaemon, runtimeDir, waitForExit } from '../../src/daemon/runtime-registry.js'
@@ -24,6 +26,14 @@ async function temp(): Promise<string> {
   return d
 }
 afterAll(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }) })
+
+describe('size defaults in --help', () => {
+  it('are written from DEFAULTS and read back to the same bytes', () => {
+    expect(formatSizeArg(DEFAULTS.read.memoryBudgetBytes)).toBe('256M')
+    expect(formatSizeArg(DEFAULTS.fuse.readaheadBytes)).toBe('512K')
+    for (const n of [1, 1000, 4096, 1536 * 1024, 3 * 1024 ** 3, 5 * 1024 ** 4]) expect(parseSize(formatSizeArg(n))).toBe(n)
+  })
+})
 
 describe('-o mount options', () => {
   it('give the values the flags give, in either spelling, and ignore mount(8)\'s own', () => {

@@ -9,7 +9,7 @@ import { formatReference, parseReference } from '../../registry/reference.js'
 import { CnaifsError, UsageError, isErrorCode } from '../../util/errors.js'
 import { DEFAULTS } from '../../util/defaults.js'
 import { createLogger } from '../../util/log.js'
-import { ProgressBar, parseSize } from '../../util/progress.js'
+import { ProgressBar, formatSizeArg, parseSize } from '../../util/progress.js'
 import { createContext, defaultCacheDir, type RegistryCliOptions } from '../context.js'
 import { addRegistryOptions, globals } from '../options.js'
 import { daemonLogTarget, describeLogTarget, openDaemonLog, stderrIsJournal, type LogTarget } from '../log-location.js'
@@ -149,8 +149,8 @@ export function registerMountCommands(program: Command): void {
     .option('--gid <gid>', 'show every file as owned by this gid')
     .option('--cache-max-size <size>', 'bound the disk block cache, e.g. 50G (least recently used blobs are evicted)')
     .option('--read-timeout <seconds>', 'a read the registry cannot serve fails with EIO after this long', '30')
-    .option('--memory-budget <size>', 'memory for read-ahead in flight and for blocks the disk cannot take, shared by all open files', '256M')
-    .option('--kernel-readahead <size>', 'the kernel\'s readahead for the mount: an mmap page fault reads this much around the page (small for loaders that mmap scattered tensors); it also caps the size of read requests', '512K')
+    .option('--memory-budget <size>', 'memory for read-ahead in flight and for blocks the disk cannot take, shared by all open files', formatSizeArg(DEFAULTS.read.memoryBudgetBytes))
+    .option('--kernel-readahead <size>', 'the kernel\'s readahead for the mount: an mmap page fault reads this much around the page (small for loaders that mmap scattered tensors); it also caps the size of read requests', formatSizeArg(DEFAULTS.fuse.readaheadBytes))
     .option('--metrics-addr <[host:]port>', 'serve Prometheus metrics on this address (/metrics)')
     .addOption(new Option('--prefetch <mode>', 'prefetch after mounting: none, meta (configs and docs), all (then every weight file)').choices(['none', 'meta', 'all']).default('none'))
     .option('--prefetch-bandwidth <size>', 'cap prefetch at this many bytes per second, e.g. 200M')
